@@ -1,0 +1,47 @@
+# stacsr — set-up, demo, tests, benchmarks. Everything installs into .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.installed-test
+PG_PACKAGES := postgresql-15 postgresql-15-postgis-3
+
+.PHONY: install install-test system-deps demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+install: $(STAMP)
+
+# PostgreSQL 15 + PostGIS for the throwaway pgstac cluster the tests start (Debian/Ubuntu).
+system-deps:
+	@missing=""; for p in $(PG_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(TESTSTAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[test]'
+	touch $@ $(STAMP)
+
+install-test: system-deps $(TESTSTAMP)
+
+demo: install
+	$(VENV)/bin/stacsr demo --out demo
+
+test: install-test
+	$(PY) -m pytest -q
+
+bench: install-test
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info

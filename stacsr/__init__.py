@@ -1,0 +1,8 @@
+"""stacsr: cloud-native super-resolution of Sentinel-2 imagery (STAC in, 2.5 m COGs and STAC items out)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("stacsr")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

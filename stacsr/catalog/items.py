@@ -1,0 +1,125 @@
+"""STAC output: one item per super-resolved source item, with exact grids and no secrets.
+
+Items declare the projection (v2.0.0; ``proj:epsg`` kept beside ``proj:code`` for stackstac 0.5),
+eo (v1.1.0), raster (v1.1.0) and processing (v1.2.0) extensions, carry one COG asset per band and link
+back to their source with ``derived_from``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import pystac
+from odc.geo.geom import Geometry
+
+from stacsr import __version__
+from stacsr.io.grid import GeoBox, epsg_of
+from stacsr.io.read import redact
+from stacsr.io.write import REFLECTANCE_SCALE
+from stacsr.model.package import ModelPackage
+
+SUFFIX = "_sr"
+COG_TYPE = pystac.MediaType.COG
+EXTENSIONS = [
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
+]
+# Source properties worth keeping on the output (the acquisition they describe is the same).
+KEPT = (
+    "datetime", "start_datetime", "end_datetime", "platform", "constellation", "instruments", "mission",
+    "eo:cloud_cover", "s2:mgrs_tile", "grid:code", "sat:orbit_state", "sat:relative_orbit",
+)  # fmt: skip
+
+
+def output_id(source_id: str) -> str:
+    return f"{source_id}{SUFFIX}"
+
+
+def output_collection_id(source_collection: str | None) -> str:
+    return f"{source_collection or 'sentinel-2-l2a'}-sr"
+
+
+def footprint(grid: GeoBox) -> Geometry:
+    """The grid's outline in lon/lat, densified every 1 km so that the UTM edges are followed."""
+    return grid.extent.to_crs("EPSG:4326", resolution=1000.0)
+
+
+def build_item(
+    source: Mapping[str, Any],
+    grid: GeoBox,
+    band_files: Mapping[str, str],
+    package: ModelPackage,
+    source_href: str | None = None,
+) -> pystac.Item:
+    """Item for the output on ``grid`` whose COGs (one per band, in model order) are ``band_files``."""
+    geom = footprint(grid)
+    props = {k: source["properties"][k] for k in KEPT if k in source.get("properties", {})}
+    rows, cols = grid.shape.yx
+    epsg = grid.crs.epsg
+    props.update({
+        "gsd": abs(grid.affine.a),
+        "proj:code": f"EPSG:{epsg}",
+        "proj:epsg": epsg,
+        "proj:shape": [rows, cols],
+        "proj:transform": list(grid.affine)[:6],
+        "proj:bbox": list(grid.boundingbox),
+        "processing:software": {"stacsr": __version__, package.card.name: f"{package.card.version}+sha256:{package.sha256}"},
+        "processing:lineage": (
+            f"Super-resolved x{package.card.scale} from {source['id']} with model {package.ref} "
+            f"(input {package.card.gsd_in} m, output {package.card.gsd_out} m)"
+        ),
+        "stacsr:model": {"name": package.card.name, "version": package.card.version, "sha256": package.sha256},
+    })  # fmt: skip
+    item = pystac.Item(
+        id=output_id(source["id"]),
+        geometry=geom.json,
+        bbox=list(geom.boundingbox),
+        datetime=pystac.utils.str_to_datetime(props.pop("datetime")) if props.get("datetime") else None,
+        properties=props,
+        stac_extensions=list(EXTENSIONS),
+    )
+    for band, href in band_files.items():
+        item.add_asset(band, _asset(href, band, package))
+    if source_href:
+        item.add_link(pystac.Link("derived_from", redact(source_href), media_type=pystac.MediaType.GEOJSON))
+    return item
+
+
+def _asset(href: str, band: str, package: ModelPackage) -> pystac.Asset:
+    common = dict(zip(package.card.bands, package.card.common_names)).get(band)
+    return pystac.Asset(
+        href=href,
+        media_type=COG_TYPE,
+        roles=["data"],
+        title=f"{band} ({common}), {package.card.gsd_out} m, super-resolved",
+        extra_fields={
+            "gsd": package.card.gsd_out,
+            "eo:bands": [{"name": band, **({"common_name": common} if common else {})}],
+            "raster:bands": [{
+                "nodata": 0, "data_type": "uint16", "scale": REFLECTANCE_SCALE, "offset": 0,
+                "spatial_resolution": package.card.gsd_out, "unit": "1",
+            }],
+        },
+    )  # fmt: skip
+
+
+def build_collection(items: Sequence[pystac.Item], source_collection: str | None, package: ModelPackage) -> pystac.Collection:
+    """The ``<source>-sr`` collection, its extents computed from ``items``."""
+    return pystac.Collection(
+        id=output_collection_id(source_collection),
+        description=(
+            f"Sentinel-2 L2A super-resolved to {package.card.gsd_out} m by stacsr with model {package.ref}. "
+            "Reflectance x 10000 (uint16, 0 = nodata)."
+        ),
+        extent=pystac.Extent.from_items(items),
+        license="other",
+        title=f"{source_collection or 'Sentinel-2 L2A'} super-resolved ({package.card.gsd_out} m)",
+        keywords=["sentinel-2", "super-resolution", "stacsr"],
+        providers=[pystac.Provider("stacsr", roles=[pystac.ProviderRole.PROCESSOR])],
+    )
+
+
+def source_epsg(source: Mapping[str, Any]) -> int | None:
+    return epsg_of(source.get("properties", {}))

@@ -1,0 +1,114 @@
+"""Searching a STAC API for Sentinel-2 L2A items over an area of interest.
+
+Items come back as plain dicts (``items_as_dicts``), unsigned: signing happens only when pixels are
+read, so no token ever reaches an output. Cloud cover is filtered server-side (STAC ``query``) and
+the result is sorted by cloud cover here as well, since not every server honours ``sortby``.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any, Iterable
+
+from stacsr.catalog.presets import Preset
+from stacsr.io.grid import epsg_of
+
+BBox = tuple[float, float, float, float]
+
+
+class SearchError(ValueError):
+    """Bad search parameters, or nothing found."""
+
+
+def check_bbox(bbox: Iterable[float]) -> BBox:
+    """Validate a lon/lat bbox (west, south, east, north)."""
+    w, s, e, n = (float(v) for v in bbox)
+    if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):
+        raise SearchError(f"bbox {w} {s} {e} {n} lies outside longitude ±180 / latitude ±90")
+    if w >= e:
+        raise SearchError(f"bbox west ({w}) must be less than east ({e}); crossing the antimeridian is not supported")
+    if s >= n:
+        raise SearchError(f"bbox south ({s}) must be less than north ({n})")
+    return w, s, e, n
+
+
+def check_datetime(text: str | None) -> str | None:
+    """Validate a STAC datetime or interval (``2024-06-01/2024-08-31``, open ends ``..`` allowed)."""
+    if not text:
+        return None
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise SearchError(f"datetime {text!r} is not a date or a start/end interval")
+    try:
+        bounds = [None if p in ("", "..") else datetime.fromisoformat(p.replace("Z", "+00:00")) for p in parts]
+    except ValueError:
+        raise SearchError(f"datetime {text!r} is not ISO 8601 (e.g. 2024-06-01/2024-08-31)") from None
+    if len(bounds) == 2 and None not in bounds and bounds[0].replace(tzinfo=None) > bounds[1].replace(tzinfo=None):
+        raise SearchError(f"datetime interval {text!r} ends before it starts")
+    return text
+
+
+def search(
+    preset: Preset,
+    bbox: Iterable[float],
+    datetime_: str | None = None,
+    max_cloud: float | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Items of ``preset.collection`` intersecting ``bbox``, least cloudy first."""
+    from pystac_client import Client
+
+    bbox = check_bbox(bbox)
+    datetime_ = check_datetime(datetime_)
+    client = Client.open(preset.url)
+    query = {"eo:cloud_cover": {"lte": max_cloud}} if max_cloud is not None else None
+    found = client.search(
+        collections=[preset.collection], bbox=bbox, datetime=datetime_, query=query,
+        sortby=[{"field": "properties.eo:cloud_cover", "direction": "asc"}], max_items=limit,
+    )  # fmt: skip
+    return order(normalise(i) for i in found.items_as_dicts())
+
+
+def cloud(item: dict[str, Any]) -> float:
+    value = item.get("properties", {}).get("eo:cloud_cover")
+    return float(value) if value is not None else 100.0
+
+
+def order(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Least cloudy first; ties broken by newest, then id, so runs are deterministic."""
+    items = sorted(items, key=lambda i: i["id"])
+    items = sorted(items, key=lambda i: i.get("properties", {}).get("datetime") or "", reverse=True)
+    return sorted(items, key=cloud)
+
+
+def tile_of(item: dict[str, Any], preset: Preset) -> str:
+    """The MGRS tile (or, failing that, the CRS) an item belongs to."""
+    props = item.get("properties", {})
+    for key in preset.mgrs_keys:
+        if props.get(key):
+            return str(props[key]).removeprefix("MGRS-")
+    return f"EPSG:{epsg_of(props)}"
+
+
+def best_per_tile(items: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:
+    """Keep the least cloudy item of each MGRS tile (``items`` must already be ordered)."""
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        tile = tile_of(item, preset)
+        if tile not in seen:
+            seen.add(tile)
+            kept.append(item)
+    return kept
+
+
+def normalise(item: dict[str, Any]) -> dict[str, Any]:
+    """Put ``proj:epsg`` next to ``proj:code`` (item and assets): stackstac 0.5 reads only the former."""
+    item = copy.deepcopy(item)
+    for holder in [item.get("properties", {}), *item.get("assets", {}).values()]:
+        if "proj:code" in holder and holder.get("proj:epsg") is None:
+            epsg = epsg_of(holder)
+            if epsg is not None:
+                holder["proj:epsg"] = epsg
+    return item

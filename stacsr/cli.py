@@ -1,0 +1,200 @@
+"""The ``stacsr`` command line: a thin typer layer over :mod:`stacsr.pipeline`. Imported by nobody."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Super-resolution of Sentinel-2 L2A (10 m → 2.5 m) from STAC catalogues to COGs and STAC items.",
+)
+console = Console(stderr=True)
+out = Console()
+
+# Options shared by several commands.
+CatalogOpt = typer.Option("planetary-computer", "--catalog", help="planetary-computer, earth-search, or a STAC API URL.")
+CollectionOpt = typer.Option(None, "--collection", help="Collection id (default: the preset's sentinel-2-l2a).")
+BandsOpt = typer.Option(None, "--bands", help="Band → asset key mapping for custom catalogues: B02=blue,B03=green,…")
+StacUrlOpt = typer.Option(None, "--stac-url", help="Override the preset's STAC API root (a mirror, a local pgstac).")
+BBoxOpt = typer.Option(..., "--bbox", help="Area of interest: west south east north (lon/lat).")
+DatetimeOpt = typer.Option(None, "--datetime", help="Date or interval, e.g. 2024-06-01/2024-08-31.")
+CloudOpt = typer.Option(None, "--max-cloud", help="Maximum scene cloud cover, percent.")
+ModelOpt = typer.Option("default", "--model", help="Model package folder, or 'default' (the one shipped).")
+TileOpt = typer.Option(256, "--tile-size", min=16, max=4096, help="Input pixels per tile side (the halo comes on top).")
+NoRayOpt = typer.Option(False, "--no-ray", help="Run the model in this process (debugging).")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default: start a local Ray).")
+ActorsOpt = typer.Option(None, "--actors", min=1, help="Model actors (default: one per CPU, or per GPU).")
+GpusOpt = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="GPUs per model actor (0 = CPU).")
+CompressOpt = typer.Option("deflate", "--compress", help="COG compression: deflate or zstd.")
+
+
+class RichProgress:
+    """Renders pipeline progress events as a rich progress bar over tiles."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.task = bar, None
+
+    def item(self, item_id: str, tiles: int) -> None:
+        self.task = self.bar.add_task(item_id, total=tiles)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.advance(self.task, n)
+
+
+@contextmanager
+def progress_bar() -> Iterator[RichProgress]:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        yield RichProgress(bar)
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn every expected failure into one line on stderr and exit code 1."""
+    from pystac_client.exceptions import APIError
+
+    from stacsr.io.read import ReadError
+
+    try:
+        yield
+    except (ValueError, ReadError, APIError, OSError) as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def _preset(catalog: str, collection: Optional[str], bands: Optional[str], stac_url: Optional[str]):
+    from stacsr.catalog.presets import resolve
+
+    return resolve(catalog, collection, bands, stac_url)
+
+
+def _engine(package, no_ray: bool, address: Optional[str], actors: Optional[int], gpus: float):
+    from stacsr.pipeline import make_engine
+
+    return make_engine(package, use_ray=not no_ray, address=address, actors=actors, gpus_per_actor=gpus)
+
+
+def _summary(report, what: str) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row(what, str(len(report.items)))
+    if report.skipped:
+        table.add_row("skipped (all nodata)", ", ".join(report.skipped))
+    table.add_row("area", f"{report.km2:.2f} km²")
+    table.add_row("time", f"{report.seconds:.1f} s")
+    table.add_row("output pixels/s", f"{report.pixels_per_second:,.0f}")
+    if report.catalog:
+        table.add_row("catalogue", str(report.catalog))
+    console.print(table)
+
+
+@app.command()
+def search(
+    bbox: list[float] = BBoxOpt, datetime: Optional[str] = DatetimeOpt, max_cloud: Optional[float] = CloudOpt,
+    catalog: str = CatalogOpt, collection: Optional[str] = CollectionOpt, bands: Optional[str] = BandsOpt,
+    stac_url: Optional[str] = StacUrlOpt, limit: int = typer.Option(50, "--limit", min=1, help="Most items listed."),
+    best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Keep only the least cloudy item per MGRS tile."),
+) -> None:  # fmt: skip
+    """List the Sentinel-2 L2A items over an area, least cloudy first."""
+    from stacsr.catalog import search as S
+
+    with errors():
+        preset = _preset(catalog, collection, bands, stac_url)
+        items = S.search(preset, bbox, datetime, max_cloud, limit=limit)
+        if best_per_tile:
+            items = S.best_per_tile(items, preset)
+        if not items:
+            fail("no items found for this search (area, dates, cloud cover)")
+        table = Table("id", "datetime", "cloud %", "tile")
+        for item in items:
+            p = item["properties"]
+            table.add_row(item["id"], str(p.get("datetime")), f"{S.cloud(item):.1f}", S.tile_of(item, preset))
+        out.print(table)
+
+
+@app.command()
+def enhance(
+    bbox: list[float] = BBoxOpt, out_dir: Path = typer.Option(..., "--out", help="Output folder (COGs + STAC)."),
+    datetime: Optional[str] = DatetimeOpt, max_cloud: Optional[float] = CloudOpt, catalog: str = CatalogOpt,
+    collection: Optional[str] = CollectionOpt, bands: Optional[str] = BandsOpt, stac_url: Optional[str] = StacUrlOpt,
+    best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Only the least cloudy item per MGRS tile."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most items processed."),
+    model: str = ModelOpt, tile_size: int = TileOpt, no_ray: bool = NoRayOpt, address: Optional[str] = AddressOpt,
+    actors: Optional[int] = ActorsOpt, gpus_per_actor: float = GpusOpt, compress: str = CompressOpt,
+) -> None:  # fmt: skip
+    """Search, super-resolve the area in every item found, write COGs and a static STAC catalogue."""
+    from stacsr import pipeline
+    from stacsr.catalog import search as S
+    from stacsr.model import package as M
+
+    with errors():
+        preset = _preset(catalog, collection, bands, stac_url)
+        items = S.search(preset, bbox, datetime, max_cloud, limit=limit)
+        if best_per_tile:
+            items = S.best_per_tile(items, preset)
+        pipeline.check_writable(out_dir)
+        package = M.load(model)
+        pipeline.plan_jobs(items, preset, package.card.bands, S.check_bbox(bbox))
+        engine = _engine(package, no_ray, address, actors, gpus_per_actor)
+        with progress_bar() as progress:
+            report = pipeline.enhance(items, preset, bbox, out_dir, package, engine, tile_size, compress, progress)
+        _summary(report, "items written")
+
+
+@app.command()
+def sr(
+    src: str = typer.Argument(..., help="Input GeoTIFF (path or URL): bands in the model's order, reflectance × 10000."),
+    dst: Path = typer.Argument(..., help="Output COG."),
+    model: str = ModelOpt, tile_size: int = TileOpt, no_ray: bool = NoRayOpt, address: Optional[str] = AddressOpt,
+    actors: Optional[int] = ActorsOpt, gpus_per_actor: float = GpusOpt, compress: str = CompressOpt,
+) -> None:  # fmt: skip
+    """Super-resolve one GeoTIFF, no catalogue: same origin, pixel size ÷ scale, uint16 COG."""
+    from stacsr import pipeline
+    from stacsr.model import package as M
+
+    with errors():
+        package = M.load(model)
+        engine = _engine(package, no_ray, address, actors, gpus_per_actor)
+        with progress_bar() as progress:
+            report = pipeline.sr_file(src, dst, package, engine, tile_size, compress, progress)
+        _summary(report, "files written")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo"), "--out", help="Output folder."),
+    model: str = ModelOpt, tile_size: int = TileOpt, no_ray: bool = NoRayOpt,
+) -> None:  # fmt: skip
+    """Run the whole enhance path offline on embedded sample data; writes side_by_side.png too."""
+    from stacsr import demo as D
+    from stacsr.model import package as M
+
+    with errors():
+        package = M.load(model)
+        engine = _engine(package, no_ray, None, None, 0)
+        with progress_bar() as progress:
+            report = D.run(out_dir, package, engine, tile_size, progress)
+        _summary(report, "items written")
+        console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Grid maths, in one place.
+
+A grid is an odc-geo :class:`~odc.geo.geobox.GeoBox`: CRS + affine transform + shape, a value object.
+Everything stacsr does to georeferencing goes through the functions here:
+
+- :func:`item_grid` — the native grid of a STAC asset (``proj:*`` fields);
+- :func:`aoi_window` — the pixel window of an area of interest, snapped *outward* to whole pixels;
+- :func:`zoom_in` — the output grid: same CRS, same origin, pixel size ÷ scale;
+- :class:`Window` — integer pixel windows, with the halo and scale arithmetic used by tiling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import box
+
+__all__ = ["GeoBox", "Window", "item_grid", "aoi_window", "zoom_in", "from_rasterio", "epsg_of"]
+
+
+class GridError(ValueError):
+    """A grid that stacsr cannot work on (rotated, no CRS, no overlap…)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """An integer pixel window: rows ``[row, row + height)``, columns ``[col, col + width)``."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    def pad(self, n: int) -> "Window":
+        """The window grown by ``n`` pixels on every side (may go outside the image)."""
+        return Window(self.row - n, self.col - n, self.height + 2 * n, self.width + 2 * n)
+
+    def scale(self, factor: int) -> "Window":
+        """The same footprint on a grid ``factor`` times finer."""
+        return Window(self.row * factor, self.col * factor, self.height * factor, self.width * factor)
+
+    def shift(self, drow: int, dcol: int) -> "Window":
+        return Window(self.row + drow, self.col + dcol, self.height, self.width)
+
+
+def epsg_of(props: Mapping[str, Any]) -> int | None:
+    """EPSG code from ``proj:epsg`` or ``proj:code`` ("EPSG:32632"), whichever is there."""
+    if props.get("proj:epsg") is not None:
+        return int(props["proj:epsg"])
+    code = props.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        return int(code.split(":", 1)[1])
+    return None
+
+
+def item_grid(item: Mapping[str, Any], asset_key: str) -> GeoBox:
+    """Native grid of one asset of a STAC item dict, from its projection fields.
+
+    Asset-level ``proj:*`` fields win over item-level ones, as the projection extension says.
+    """
+    props = dict(item.get("properties", {}))
+    props.update({k: v for k, v in item["assets"][asset_key].items() if k.startswith("proj:")})
+    epsg = epsg_of(props)
+    transform, shape = props.get("proj:transform"), props.get("proj:shape")
+    if epsg is None or transform is None or shape is None:
+        raise GridError(
+            f"item {item.get('id')!r} asset {asset_key!r} lacks proj:epsg/proj:code, proj:transform or proj:shape"
+        )
+    affine = Affine(*transform[:6])
+    return _checked(GeoBox((int(shape[0]), int(shape[1])), affine, f"EPSG:{epsg}"))
+
+
+def from_rasterio(transform: Affine, crs: Any, shape: tuple[int, int]) -> GeoBox:
+    """Grid of a raster opened with rasterio; refuses rasters without CRS or that are not north-up."""
+    if crs is None:
+        raise GridError("the raster has no CRS")
+    return _checked(GeoBox(shape, transform, crs))
+
+
+def _checked(grid: GeoBox) -> GeoBox:
+    a = grid.affine
+    if a.b != 0 or a.d != 0 or a.a <= 0 or a.e >= 0:
+        raise GridError(f"the grid is not north-up (transform {tuple(a)[:6]}); rotated rasters are not supported")
+    return grid
+
+
+def aoi_window(grid: GeoBox, bbox: tuple[float, float, float, float], bbox_crs: str = "EPSG:4326") -> Window:
+    """Pixel window of ``grid`` covering ``bbox`` (west, south, east, north), snapped outward.
+
+    The bbox is projected as a densified polygon so that curved edges in the grid's CRS are covered,
+    then every partially covered pixel is included. The window is clipped to the grid.
+    """
+    region = box(*bbox, crs=bbox_crs)
+    pix = grid.project(region.to_crs(grid.crs, resolution=_densify_step(grid, bbox_crs))).boundingbox
+    col0, row0 = math.floor(pix.left + 1e-9), math.floor(pix.bottom + 1e-9)
+    col1, row1 = math.ceil(pix.right - 1e-9), math.ceil(pix.top - 1e-9)
+    rows, cols = grid.shape.yx
+    row0, col0 = max(row0, 0), max(col0, 0)
+    row1, col1 = min(row1, rows), min(col1, cols)
+    if row1 <= row0 or col1 <= col0:
+        raise GridError("the area of interest does not overlap the raster")
+    return Window(row0, col0, row1 - row0, col1 - col0)
+
+
+def _densify_step(grid: GeoBox, bbox_crs: str) -> float:
+    """Segment length used to densify the AOI polygon, in the units of ``bbox_crs``."""
+    return 1e-3 if bbox_crs == "EPSG:4326" else abs(grid.affine.a) * 10
+
+
+def crop(grid: GeoBox, window: Window) -> GeoBox:
+    """Grid of a window (may extend outside ``grid``): same pixels, moved origin."""
+    return GeoBox(window.shape, grid.affine * Affine.translation(window.col, window.row), grid.crs)
+
+
+def zoom_in(grid: GeoBox, scale: int) -> GeoBox:
+    """Output grid of super-resolution: same CRS and origin, pixel size ÷ ``scale``, shape × ``scale``."""
+    rows, cols = grid.shape.yx
+    return GeoBox((rows * scale, cols * scale), grid.affine * Affine.scale(1 / scale), grid.crs)
+
+
+def area_km2(grid: GeoBox) -> float:
+    """Ground area covered by a projected grid, in km²."""
+    rows, cols = grid.shape.yx
+    return abs(grid.affine.a * grid.affine.e) * rows * cols / 1e6

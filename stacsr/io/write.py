@@ -1,0 +1,72 @@
+"""Writing Cloud-Optimized GeoTIFFs with rio-cogeo, atomically.
+
+Each COG is written to a hidden temporary name in its destination folder and renamed into place only
+when complete, so a crash never leaves a partial file under a final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from rasterio.io import MemoryFile
+from rio_cogeo.cogeo import cog_translate
+from rio_cogeo.profiles import cog_profiles
+
+from stacsr.io.grid import GeoBox
+
+REFLECTANCE_SCALE = 1e-4  # uint16 DN × scale = reflectance
+
+
+def write_cog(
+    path: str | Path,
+    array: np.ndarray,
+    grid: GeoBox,
+    descriptions: Sequence[str] | None = None,
+    nodata: int = 0,
+    compress: str = "deflate",
+    scale: float | None = REFLECTANCE_SCALE,
+) -> Path:
+    """Write ``array`` (bands, rows, cols) on ``grid`` as a COG at ``path`` (internal tiles, overviews)."""
+    path = Path(path)
+    if array.ndim == 2:
+        array = array[None]
+    if array.shape[1:] != tuple(grid.shape.yx):
+        raise ValueError(f"array shape {array.shape[1:]} does not match grid shape {tuple(grid.shape.yx)}")
+    profile = dict(
+        driver="GTiff", count=array.shape[0], height=array.shape[1], width=array.shape[2],
+        dtype=array.dtype.name, crs=grid.crs.to_wkt(), transform=grid.affine, nodata=nodata,
+    )  # fmt: skip
+    cog = dict(cog_profiles.get(compress.lower()), predictor=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        with MemoryFile() as mem:
+            with mem.open(**profile) as dst:
+                dst.write(array)
+                for i, text in enumerate(descriptions or [], start=1):
+                    dst.set_band_description(i, text)
+                if scale is not None:
+                    dst.scales = (scale,) * array.shape[0]
+                    dst.offsets = (0.0,) * array.shape[0]
+            with mem.open() as src:
+                cog_translate(
+                    src, tmp, cog, in_memory=True, quiet=True, overview_resampling="average",
+                    add_mask=False, use_cog_driver=False,
+                )  # fmt: skip
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_profile(path: str | Path) -> dict:
+    """Profile of a written raster (used by checks and tests)."""
+    with rasterio.open(path) as src:
+        return dict(src.profile)

@@ -1,0 +1,111 @@
+"""The SRGAN generator (SRResNet family, Ledig et al. 2017), for any number of bands.
+
+    input ─ head conv ─┬─ residual blocks (no batch norm) ─ conv ─(+)─ ×2 upsample … ─ output conv ─(+)─ output
+                       └──────────────── global skip ───────────┘                                  │
+    input ─────────────────────────── bicubic ×scale (optional residual base) ─────────────────────┘
+
+The network works on reflectance (input ÷ ``norm_scale``) and returns the same units as its input.
+It is a pure function of tensors: no I/O, STAC or Ray here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Hyper-parameters of :class:`Generator`; stored in the model card."""
+
+    bands: int = 4
+    scale: int = 4
+    features: int = 64
+    blocks: int = 16
+    head_kernel: int = 9
+    tail_kernel: int = 3
+    residual_bicubic: bool = True  # output = bicubic(input) + learned correction
+    norm_scale: float = 10000.0  # input DN ÷ norm_scale = network units (reflectance)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class ResidualBlock(nn.Module):
+    """conv → PReLU → conv, plus identity (SRGAN's block without batch norm, as in EDSR)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
+        self.act = nn.PReLU(features)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+class Upsample2x(nn.Module):
+    """conv to 4× channels → pixel shuffle (×2) → PReLU."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(features, features * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.act = nn.PReLU(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.shuffle(self.conv(x)))
+
+
+class Generator(nn.Module):
+    """SRResNet generator: ``(N, bands, H, W)`` → ``(N, bands, H·scale, W·scale)``."""
+
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
+        super().__init__()
+        if config.scale not in (2, 4, 8):
+            raise ValueError(f"scale must be 2, 4 or 8, not {config.scale}")
+        self.config = config
+        f = config.features
+        self.head = nn.Sequential(
+            nn.Conv2d(config.bands, f, config.head_kernel, padding=config.head_kernel // 2), nn.PReLU(f)
+        )
+        self.body = nn.Sequential(*[ResidualBlock(f) for _ in range(config.blocks)])
+        self.body_tail = nn.Conv2d(f, f, 3, padding=1)
+        self.upsample = nn.Sequential(*[Upsample2x(f) for _ in range(self.n_upsample)])
+        self.tail = nn.Conv2d(f, config.bands, config.tail_kernel, padding=config.tail_kernel // 2)
+
+    @property
+    def n_upsample(self) -> int:
+        return int(math.log2(self.config.scale))
+
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels on each side that influence one output pixel (rounded up).
+
+        A tile cut with at least this halo gives the same output as the whole image.
+        """
+        c = self.config
+        radius = c.head_kernel // 2 + 2 * c.blocks + 1  # head, two 3×3 per block, body tail
+        radius += sum(1 / 2**i for i in range(self.n_upsample))  # 3×3 conv before each shuffle
+        radius += (c.tail_kernel // 2) / c.scale  # tail conv on the fine grid
+        if c.residual_bicubic:
+            radius = max(radius, 2)  # bicubic support
+        return math.ceil(radius)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Super-resolve ``x`` (input units, e.g. reflectance × 10000) into the same units."""
+        x = x / self.config.norm_scale
+        features = self.head(x)
+        features = features + self.body_tail(self.body(features))
+        y = self.tail(self.upsample(features))
+        if self.config.residual_bicubic:
+            y = y + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return y * self.config.norm_scale

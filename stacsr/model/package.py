@@ -1,0 +1,163 @@
+"""Model packages: safetensors weights + a JSON card, loaded without pickle.
+
+A package is a folder holding ``card.json`` and ``weights.safetensors``. The card says everything a
+user or a STAC item needs: bands in order, scale, input units, ground sampling distances, receptive
+field, architecture and provenance. ``"default"`` names the package shipped inside stacsr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from stacsr.model.generator import Generator, GeneratorConfig
+
+CARD = "card.json"
+WEIGHTS = "weights.safetensors"
+DEFAULT = "default"
+
+
+class ModelError(ValueError):
+    """A model package that cannot be used (missing, not safetensors, card/weights mismatch)."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is: the contract between its weights and the pipeline."""
+
+    name: str
+    version: str
+    bands: list[str]  # asset band names in input order, e.g. B02, B03, B04, B08
+    common_names: list[str]  # eo common names, same order
+    architecture: dict[str, Any]  # GeneratorConfig as a dict
+    gsd_in: float = 10.0
+    input_unit: str = "reflectance x 10000 (uint16, 0 = nodata)"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return GeneratorConfig.from_dict(self.architecture)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def gsd_out(self) -> float:
+        return self.gsd_in / self.scale
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(scale=self.scale, gsd_out=self.gsd_out)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except TypeError as e:
+            raise ModelError(f"model card is incomplete: {e}") from None
+
+
+@dataclass
+class ModelPackage:
+    """A loaded model: its card, its network (eval mode) and the sha256 of its weights file."""
+
+    card: ModelCard
+    generator: Generator
+    sha256: str
+    weights: bytes = field(repr=False)  # the safetensors file, for shipping to workers
+
+    def to_bytes(self) -> tuple[str, bytes]:
+        """(card JSON, safetensors bytes): what :func:`from_bytes` rebuilds the package from."""
+        return json.dumps(self.card.to_dict()), self.weights
+
+    @property
+    def receptive_radius(self) -> int:
+        return self.generator.receptive_radius
+
+    @property
+    def ref(self) -> str:
+        """Short identity used in STAC items: ``name@version+sha256[:12]``."""
+        return f"{self.card.name}@{self.card.version}+{self.sha256[:12]}"
+
+
+def default_path() -> Path:
+    return Path(str(resources.files("stacsr.model") / "default"))
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """Folder of a package: ``"default"`` → the shipped one, else a local folder path."""
+    return default_path() if str(name_or_path) == DEFAULT else Path(name_or_path)
+
+
+def load(name_or_path: str | Path = DEFAULT) -> ModelPackage:
+    """Load a package folder, checking that its card and weights agree. Never unpickles anything."""
+    folder = resolve(name_or_path)
+    card_file, weights_file = folder / CARD, folder / WEIGHTS
+    if not card_file.is_file() or not weights_file.is_file():
+        raise ModelError(f"{folder} is not a model package (needs {CARD} and {WEIGHTS})")
+    return from_bytes(card_file.read_text(), weights_file.read_bytes(), source=str(folder))
+
+
+def from_bytes(card_text: str, weights: bytes, source: str = "<memory>") -> ModelPackage:
+    """Build a package from the card's JSON text and the safetensors bytes (how Ray actors get it)."""
+    try:
+        card = ModelCard.from_dict(json.loads(card_text))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"model card of {source} is not valid JSON: {e}") from None
+    try:
+        state = load_safetensors(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"weights of {source} are not a safetensors file ({e})") from None
+    generator = Generator(card.config)
+    _load_state(generator, state, source)
+    generator.eval()
+    return ModelPackage(card, generator, hashlib.sha256(weights).hexdigest(), weights)
+
+
+def _load_state(generator: Generator, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in generator.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        raise ModelError(f"model card of {source} disagrees with its weights (first differences: {diff})")
+    generator.load_state_dict(state)
+
+
+def save(card: ModelCard, generator: Generator, folder: str | Path) -> ModelPackage:
+    """Write a package folder (card + safetensors weights) and return it as loaded."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "name": card.name})
+    (folder / CARD).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return load(folder)
+
+
+class Predictor:
+    """Runs a package's generator on uint16 arrays and returns uint16 DN (0 kept for nodata only)."""
+
+    def __init__(self, package: ModelPackage, device: str | None = None, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.generator = package.generator.to(self.device).eval()
+        self.scale = package.card.scale
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, bands, h, w)`` uint16 → ``(N, bands, h·scale, w·scale)`` uint16."""
+        x = torch.from_numpy(batch.astype(np.float32, copy=False)).to(self.device)
+        y = self.generator(x).round_().clamp_(1, 65535)
+        return y.to(torch.int32).cpu().numpy().astype(np.uint16)

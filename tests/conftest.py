@@ -1,0 +1,76 @@
+"""Session-wide real local services for the test suite (all on 127.0.0.1, free ports).
+
+Fixtures
+--------
+pgstac       PostgreSQL 15 + pgstac + stac-fastapi-pgstac (see tests/fixtures/services.py: PgstacService)
+blob_server  Range-capable file server + Azure Blob / Planetary Computer SAS stand-in (BlobServer)
+pc_stand_in  function-scoped: PC_SDK_SAS_URL -> blob_server, planetary_computer caches cleared; yields blob_server
+ray_local    lazy local Ray (RayLocal; attribute access falls through to the `ray` module)
+
+Each service starts on first use and is torn down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from tests.fixtures.services import (  # noqa: E402
+    BlobServer,
+    PgstacService,
+    PostgresMissing,
+    planetary_computer_stand_in,
+    set_ray_test_env,
+    start_ray_local,
+)
+
+# Ray reads these when it is imported / initialised: set them before any test module
+# gets the chance to `import ray` (costs nothing, starts nothing).
+set_ray_test_env()
+
+
+@pytest.fixture(scope="session")
+def pgstac():
+    """A pgstac-backed STAC API: `.url`, `.load_collection`, `.load_items`, `.delete_items`, `.reset`."""
+    service = PgstacService()
+    try:
+        service.start()
+    except PostgresMissing as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def blob_server():
+    """HTTP file server with Range support; `/blob/...` needs a SAS `sig` from `/sas/token/...`."""
+    server = BlobServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pc_stand_in(blob_server):
+    """Make `planetary_computer.sign` fetch tokens from `blob_server` for this test."""
+    with planetary_computer_stand_in(blob_server.sas_url):
+        yield blob_server
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray (2 CPUs, 512 MiB object store, dashboard on), shut down at session end."""
+    handle = start_ray_local()
+    try:
+        yield handle
+    finally:
+        handle.shutdown()
