@@ -25,14 +25,15 @@ QUIET_RAY_ENV = {
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address``, or start a quiet local Ray when none is running."""
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``, as under ``ray job submit``), else start a quiet
+    local Ray. Does nothing when this process is already connected."""
     for key, value in QUIET_RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
         return
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)

@@ -31,6 +31,23 @@ class GeneratorConfig:
     residual_bicubic: bool = True  # output = bicubic(input) + learned correction
     norm_scale: float = 10000.0  # input DN ÷ norm_scale = network units (reflectance)
 
+    @property
+    def n_upsample(self) -> int:
+        return int(math.log2(self.scale))
+
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels on each side that influence one output pixel (rounded up).
+
+        A tile cut with at least this halo gives the same output as the whole image.
+        """
+        radius = self.head_kernel // 2 + 2 * self.blocks + 1  # head, two 3×3 per block, body tail
+        radius += sum(1 / 2**i for i in range(self.n_upsample))  # 3×3 conv before each shuffle
+        radius += (self.tail_kernel // 2) / self.scale  # tail conv on the fine grid
+        if self.residual_bicubic:
+            radius = max(radius, 2)  # bicubic support
+        return math.ceil(radius)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -79,7 +96,45 @@ class Generator(nn.Module):
         )
         self.body = nn.Sequential(*[ResidualBlock(f) for _ in range(config.blocks)])
         self.body_tail = nn.Conv2d(f, f, 3, padding=1)
-        self.upsample = nn.Sequential(*[Upsample2x(f) for _ in range(self.n_upsample)])
+        self.upsample = nn.Sequential(*[Upsample2x(f) for _ in range(config.n_upsample)])
+        self.tail = nn.Conv2d(f, config.bands, config.tail_kernel, padding=config.tail_kernel // 2)
+
+    @property
+    def receptive_radius(self) -> int:
+        return self.config.receptive_radius
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+class Upsample2x(nn.Module):
+    """conv to 4× channels → pixel shuffle (×2) → PReLU."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(features, features * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.act = nn.PReLU(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.shuffle(self.conv(x)))
+
+
+class Generator(nn.Module):
+    """SRResNet generator: ``(N, bands, H, W)`` → ``(N, bands, H·scale, W·scale)``."""
+
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
+        super().__init__()
+        if config.scale not in (2, 4, 8):
+            raise ValueError(f"scale must be 2, 4 or 8, not {config.scale}")
+        self.config = config
+        f = config.features
+        self.head = nn.Sequential(
+            nn.Conv2d(config.bands, f, config.head_kernel, padding=config.head_kernel // 2), nn.PReLU(f)
+        )
+        self.body = nn.Sequential(*[ResidualBlock(f) for _ in range(config.blocks)])
+        self.body_tail = nn.Conv2d(f, f, 3, padding=1)
+        self.upsample = nn.Sequential(*[Upsample2x(f) for _ in range(config.n_upsample)])
         self.tail = nn.Conv2d(f, config.bands, config.tail_kernel, padding=config.tail_kernel // 2)
 
     @property

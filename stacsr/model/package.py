@@ -58,7 +58,7 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(scale=self.scale, gsd_out=self.gsd_out)
+        d.update(scale=self.scale, gsd_out=self.gsd_out, receptive_radius=self.config.receptive_radius)
         return d
 
     @classmethod
