@@ -90,7 +90,7 @@ def build_catalog(folder: str | Path, style: str = "planetary-computer", href_ba
         dn[:, -40:, :60] = 0  # a swath edge: nodata
         transform = Affine(10, 0, WORLD_ORIGIN[0] + dc * 10, 0, -10, WORLD_ORIGIN[1] - dr * 10)
         grid10 = GeoBox((ITEM_PIXELS, ITEM_PIXELS), transform, f"EPSG:{EPSG}")
-        grid20 = GeoBox((ITEM_PIXELS // 2, ITEM_PIXELS // 2), transform * Affine.scale(2), f"EPSG:{EPSG}")
+        grid20 = GeoBox((ITEM_PIXELS // 2, ITEM_PIXELS // 2), transform @ Affine.scale(2), f"EPSG:{EPSG}")
         scl = np.where(block_mean(dn.astype(np.float32), 2)[0] == 0, 0, 4).astype(np.uint8)
         files = {b: write_cog(folder / item_id / f"{b}.tif", dn[i], grid10, [b], scale=None) for i, b in enumerate(S2_BANDS)}
         files["SCL"] = write_cog(folder / item_id / "SCL.tif", scl, grid20, ["SCL"], scale=None)

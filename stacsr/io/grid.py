@@ -71,7 +71,11 @@ def item_grid(item: Mapping[str, Any], asset_key: str) -> GeoBox:
     Asset-level ``proj:*`` fields win over item-level ones, as the projection extension says.
     """
     props = dict(item.get("properties", {}))
-    props.update({k: v for k, v in item["assets"][asset_key].items() if k.startswith("proj:")})
+    asset = {k: v for k, v in item["assets"][asset_key].items() if k.startswith("proj:")}
+    if "proj:epsg" in asset or "proj:code" in asset:  # the asset's CRS replaces the item's, whichever field says it
+        for key in ("proj:epsg", "proj:code"):
+            props.pop(key, None)
+    props.update(asset)
     epsg = epsg_of(props)
     transform, shape = props.get("proj:transform"), props.get("proj:shape")
     if epsg is None or transform is None or shape is None:
@@ -121,13 +125,13 @@ def _densify_step(grid: GeoBox, bbox_crs: str) -> float:
 
 def crop(grid: GeoBox, window: Window) -> GeoBox:
     """Grid of a window (may extend outside ``grid``): same pixels, moved origin."""
-    return GeoBox(window.shape, grid.affine * Affine.translation(window.col, window.row), grid.crs)
+    return GeoBox(window.shape, grid.affine @ Affine.translation(window.col, window.row), grid.crs)
 
 
 def zoom_in(grid: GeoBox, scale: int) -> GeoBox:
     """Output grid of super-resolution: same CRS and origin, pixel size ÷ ``scale``, shape × ``scale``."""
     rows, cols = grid.shape.yx
-    return GeoBox((rows * scale, cols * scale), grid.affine * Affine.scale(1 / scale), grid.crs)
+    return GeoBox((rows * scale, cols * scale), grid.affine @ Affine.scale(1 / scale), grid.crs)
 
 
 def area_km2(grid: GeoBox) -> float:
