@@ -1,8 +1,11 @@
 """STAC output: one item per super-resolved source item, with exact grids and no secrets.
 
-Items declare the projection (v2.0.0; ``proj:epsg`` kept beside ``proj:code`` for stackstac 0.5),
-eo (v1.1.0), raster (v1.1.0) and processing (v1.2.0) extensions, carry one COG asset per band and link
-back to their source with ``derived_from``.
+Items declare the projection (v1.1.0), eo (v1.1.0), raster (v1.1.0) and processing (v1.2.0)
+extensions, carry one COG asset per band and link back to their source with ``derived_from``.
+
+The CRS is ``proj:epsg`` (projection v1.1.0), not ``proj:code`` (v2.0.0): stackstac 0.5 reads only
+``proj:epsg``, and each schema version forbids the other's field, so an item cannot carry both and stay
+valid. pystac migrates ``proj:epsg`` to ``proj:code`` when it reads the item.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from stacsr.model.package import ModelPackage
 SUFFIX = "_sr"
 COG_TYPE = pystac.MediaType.COG
 EXTENSIONS = [
-    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
     "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
     "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
@@ -60,7 +63,6 @@ def build_item(
     epsg = grid.crs.epsg
     props.update({
         "gsd": abs(grid.affine.a),
-        "proj:code": f"EPSG:{epsg}",
         "proj:epsg": epsg,
         "proj:shape": [rows, cols],
         "proj:transform": list(grid.affine)[:6],

@@ -62,10 +62,10 @@ PRESETS: dict[str, Preset] = {
 
 def parse_band_map(text: str) -> dict[str, str]:
     """``"B02=blue,B03=green"`` → ``{"B02": "blue", "B03": "green"}``."""
-    pairs = [p.strip() for p in text.split(",") if p.strip()]
-    if not pairs or any(p.count("=") != 1 for p in pairs):
+    pairs = [[s.strip() for s in p.split("=")] for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
         raise ValueError(f"band mapping {text!r} is not of the form B02=blue,B03=green,…")
-    return dict(p.split("=") for p in pairs)
+    return dict(pairs)
 
 
 def resolve(

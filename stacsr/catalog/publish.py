@@ -23,6 +23,20 @@ from stacsr.model.package import ModelPackage
 CATALOG_ID = "stacsr"
 
 
+class _AsWrittenStacIO(pystac.stac_io.DefaultStacIO):
+    """Reads the existing catalogue as written, without pystac's migration, which would rewrite the
+    items already there (``proj:epsg`` -> ``proj:code``, projection v2.0.0) and lose stackstac 0.5."""
+
+    def stac_object_from_dict(self, d, href=None, root=None, preserve_dict=True):  # type: ignore[override]
+        kind = pystac.serialization.identify_stac_object_type(d)
+        cls = {pystac.STACObjectType.ITEM: pystac.Item, pystac.STACObjectType.COLLECTION: pystac.Collection}
+        obj = cls.get(kind, pystac.Catalog).from_dict(
+            d, href=href, root=root, migrate=False, preserve_dict=preserve_dict
+        )
+        obj._stac_io = self
+        return obj
+
+
 def item_folder(root: str | Path, collection_id: str, item_id: str) -> Path:
     """Where an item's JSON and COGs live (pystac's best-practice layout)."""
     return Path(root) / collection_id / item_id
@@ -35,7 +49,7 @@ def publish_static(
     root = Path(root)
     catalog_file = root / "catalog.json"
     if catalog_file.exists():
-        catalog = pystac.Catalog.from_file(str(catalog_file))
+        catalog = pystac.Catalog.from_file(str(catalog_file), stac_io=_AsWrittenStacIO())
     else:
         catalog = pystac.Catalog(CATALOG_ID, "Super-resolved Sentinel-2 imagery written by stacsr.", title="stacsr")
     new = build_collection(items, source_collection, package)

@@ -8,7 +8,7 @@ the result is sorted by cloud cover here as well, since not every server honours
 from __future__ import annotations
 
 import copy
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from stacsr.catalog.presets import Preset
@@ -44,7 +44,8 @@ def check_datetime(text: str | None) -> str | None:
         bounds = [None if p in ("", "..") else datetime.fromisoformat(p.replace("Z", "+00:00")) for p in parts]
     except ValueError:
         raise SearchError(f"datetime {text!r} is not ISO 8601 (e.g. 2024-06-01/2024-08-31)") from None
-    if len(bounds) == 2 and None not in bounds and bounds[0].replace(tzinfo=None) > bounds[1].replace(tzinfo=None):
+    bounds = [b.replace(tzinfo=b.tzinfo or timezone.utc) if b else b for b in bounds]  # naive = UTC, as in STAC
+    if len(bounds) == 2 and None not in bounds and bounds[0] > bounds[1]:
         raise SearchError(f"datetime interval {text!r} ends before it starts")
     return text
 
