@@ -82,10 +82,23 @@ def _preset(catalog: str, collection: Optional[str], bands: Optional[str], stac_
     return resolve(catalog, collection, bands, stac_url)
 
 
+@contextmanager
 def _engine(package, no_ray: bool, address: Optional[str], actors: Optional[int], gpus: float):
+    """The engine for a command, closed (Ray actors released) when the command ends."""
     from stacsr.pipeline import make_engine
 
-    return make_engine(package, use_ray=not no_ray, address=address, actors=actors, gpus_per_actor=gpus)
+    engine = make_engine(package, use_ray=not no_ray, address=address, actors=actors, gpus_per_actor=gpus)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _find(preset, bbox, datetime, max_cloud, limit, best_per_tile: bool) -> list[dict]:
+    from stacsr.catalog import search as S
+
+    items = S.search(preset, bbox, datetime, max_cloud, limit=limit)
+    return S.best_per_tile(items, preset) if best_per_tile else items
 
 
 def _summary(report, what: str) -> None:
@@ -103,7 +116,7 @@ def _summary(report, what: str) -> None:
 
 @app.command()
 def search(
-    bbox: list[float] = BBoxOpt, datetime: Optional[str] = DatetimeOpt, max_cloud: Optional[float] = CloudOpt,
+    bbox: tuple[float, float, float, float] = BBoxOpt, datetime: Optional[str] = DatetimeOpt, max_cloud: Optional[float] = CloudOpt,
     catalog: str = CatalogOpt, collection: Optional[str] = CollectionOpt, bands: Optional[str] = BandsOpt,
     stac_url: Optional[str] = StacUrlOpt, limit: int = typer.Option(50, "--limit", min=1, help="Most items listed."),
     best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Keep only the least cloudy item per MGRS tile."),
@@ -113,9 +126,7 @@ def search(
 
     with errors():
         preset = _preset(catalog, collection, bands, stac_url)
-        items = S.search(preset, bbox, datetime, max_cloud, limit=limit)
-        if best_per_tile:
-            items = S.best_per_tile(items, preset)
+        items = _find(preset, bbox, datetime, max_cloud, limit, best_per_tile)
         if not items:
             fail("no items found for this search (area, dates, cloud cover)")
         table = Table("id", "datetime", "cloud %", "tile")
@@ -127,7 +138,7 @@ def search(
 
 @app.command()
 def enhance(
-    bbox: list[float] = BBoxOpt, out_dir: Path = typer.Option(..., "--out", help="Output folder (COGs + STAC)."),
+    bbox: tuple[float, float, float, float] = BBoxOpt, out_dir: Path = typer.Option(..., "--out", help="Output folder (COGs + STAC)."),
     datetime: Optional[str] = DatetimeOpt, max_cloud: Optional[float] = CloudOpt, catalog: str = CatalogOpt,
     collection: Optional[str] = CollectionOpt, bands: Optional[str] = BandsOpt, stac_url: Optional[str] = StacUrlOpt,
     best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Only the least cloudy item per MGRS tile."),
@@ -137,19 +148,15 @@ def enhance(
 ) -> None:  # fmt: skip
     """Search, super-resolve the area in every item found, write COGs and a static STAC catalogue."""
     from stacsr import pipeline
-    from stacsr.catalog import search as S
     from stacsr.model import package as M
 
     with errors():
         preset = _preset(catalog, collection, bands, stac_url)
-        items = S.search(preset, bbox, datetime, max_cloud, limit=limit)
-        if best_per_tile:
-            items = S.best_per_tile(items, preset)
-        pipeline.check_writable(out_dir)
+        items = _find(preset, bbox, datetime, max_cloud, limit, best_per_tile)
         package = M.load(model)
-        pipeline.plan_jobs(items, preset, package.card.bands, S.check_bbox(bbox))
-        engine = _engine(package, no_ray, address, actors, gpus_per_actor)
-        with progress_bar() as progress:
+        pipeline.plan_jobs(items, preset, package.card.bands, bbox)
+        pipeline.check_writable(out_dir)
+        with _engine(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
             report = pipeline.enhance(items, preset, bbox, out_dir, package, engine, tile_size, compress, progress)
         _summary(report, "items written")
 
@@ -167,8 +174,7 @@ def sr(
 
     with errors():
         package = M.load(model)
-        engine = _engine(package, no_ray, address, actors, gpus_per_actor)
-        with progress_bar() as progress:
+        with _engine(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
             report = pipeline.sr_file(src, dst, package, engine, tile_size, compress, progress)
         _summary(report, "files written")
 
@@ -184,8 +190,7 @@ def demo(
 
     with errors():
         package = M.load(model)
-        engine = _engine(package, no_ray, None, None, 0)
-        with progress_bar() as progress:
+        with _engine(package, no_ray, None, None, 0) as engine, progress_bar() as progress:
             report = D.run(out_dir, package, engine, tile_size, progress)
         _summary(report, "items written")
         console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from stacsr.io import grid as G
 from stacsr.io.read import read_item_window, read_raster
 from stacsr.io.write import write_cog
 from stacsr.model.package import ModelPackage
+
+if TYPE_CHECKING:
+    import pystac
 
 DEFAULT_TILE_SIZE = 256
 
@@ -87,11 +90,7 @@ def super_resolve(
     progress: Progress | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Seam-free tiled super-resolution of a uint16 ``(bands, rows, cols)`` image; nodata (0) propagated."""
-    if image.shape[0] != len(package.card.bands):
-        raise InputError(
-            f"the image has {image.shape[0]} bands but model {package.card.name} expects "
-            f"{len(package.card.bands)} ({', '.join(package.card.bands)})"
-        )
+    check_band_count(image.shape[0], package)
     halo, scale = package.receptive_radius, package.card.scale
     cores = tiles.plan(image.shape[1:], tile_size)
     progress = progress or Progress()
@@ -105,6 +104,14 @@ def super_resolve(
     nodata = np.repeat(np.repeat((image == 0).any(axis=0), scale, axis=0), scale, axis=1)
     out[:, nodata] = 0
     return out
+
+
+def check_band_count(bands: int, package: ModelPackage) -> None:
+    if bands != len(package.card.bands):
+        raise InputError(
+            f"the image has {bands} bands but model {package.card.name} expects "
+            f"{len(package.card.bands)} ({', '.join(package.card.bands)})"
+        )
 
 
 def check_writable(folder: str | Path) -> Path:
@@ -153,19 +160,19 @@ def enhance(
     tile_size: int = DEFAULT_TILE_SIZE,
     compress: str = "deflate",
     progress: Progress | None = None,
-    on_written: Callable[[str, Path], None] | None = None,
 ) -> Report:
     """Super-resolve the AOI of each item and publish the outputs as a static STAC catalogue in ``out``.
 
     One output per source item, in the order given (least cloudy first from :func:`catalog.search.search`).
-    Items whose window is all nodata are skipped; if every item is, nothing is written and an error raised.
+    Each item is published as soon as its COGs are complete, so a failure part-way keeps the items already
+    done (complete and valid) and writes nothing for the failing one. Items whose window is all nodata are
+    skipped; if every item is, nothing is written and an error is raised.
     """
-    out = check_writable(out)
     jobs = plan_jobs(items, preset, package.card.bands, bbox)
+    created = not Path(out).exists()
+    out = check_writable(out)
     progress = progress or Progress()
     report, start = Report(), time.perf_counter()
-    published = []
-    collection_id = output_collection_id(jobs[0].item.get("collection"))
     for job in jobs:
         image = read_job(job, preset)
         if not image.any():
@@ -173,25 +180,29 @@ def enhance(
             continue
         progress.item(job.item["id"], len(tiles.plan(image.shape[1:], tile_size)))
         sr = super_resolve(image, package, engine, tile_size, progress)
-        out_grid = G.zoom_in(job.grid, package.card.scale)
-        item_id = output_id(job.item["id"])
-        folder = publish.item_folder(out, collection_id, item_id)
-        files = {}
-        for band, layer in zip(package.card.bands, sr):
-            path = write_cog(folder / f"{item_id}_{band}.tif", layer, out_grid, [band], compress=compress)
-            files[band] = str(path.resolve())
-        item = build_item(job.item, out_grid, files, package, source_href=_self_href(job.item))
-        published.append(item)
+        item = write_output(job, sr, out, package, compress)
         report.catalog = publish.publish_static(out, [item], job.item.get("collection"), package)
-        report.items.append(item_id)
+        report.items.append(item.id)
         report.km2 += G.area_km2(job.grid)
         report.output_pixels += int(np.prod(sr.shape[1:]))
-        if on_written:
-            on_written(item_id, folder)
     report.seconds = time.perf_counter() - start
-    if not published:
+    if not report.items:
+        if created:
+            out.rmdir()
         raise InputError(f"the area of interest is all nodata in every item ({', '.join(report.skipped)})")
     return report
+
+
+def write_output(job: Job, sr: np.ndarray, out: Path, package: ModelPackage, compress: str) -> "pystac.Item":
+    """Write one COG per band of ``sr`` in the item's folder and return its (unpublished) STAC item."""
+    grid = G.zoom_in(job.grid, package.card.scale)
+    item_id = output_id(job.item["id"])
+    folder = publish.item_folder(out, output_collection_id(job.item.get("collection")), item_id)
+    files = {
+        band: str(write_cog(folder / f"{item_id}_{band}.tif", layer, grid, [band], compress=compress).resolve())
+        for band, layer in zip(package.card.bands, sr)
+    }
+    return build_item(job.item, grid, files, package, source_href=_self_href(job.item))
 
 
 def _self_href(item: dict[str, Any]) -> str | None:
@@ -211,6 +222,7 @@ def sr_file(
         raise InputError(f"{src} is {raster.data.dtype}; stacsr expects uint16 reflectance x 10000")
     if not raster.data.any():
         raise InputError(f"{src} is all nodata (0)")
+    check_band_count(raster.data.shape[0], package)  # before the progress bar starts
     (progress or Progress()).item(os.path.basename(src), len(tiles.plan(raster.data.shape[1:], tile_size)))
     sr = super_resolve(raster.data, package, engine, tile_size, progress)
     names = [d or b for d, b in zip(raster.descriptions, package.card.bands)]

@@ -76,8 +76,8 @@ class RayEngine:
         worker = ray.remote(_TileWorker).options(
             num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=3, max_task_retries=3
         )
-        model_ref = ray.put(package.to_bytes())
-        self._actors = [worker.remote(model_ref, cpus_per_actor, gpus_per_actor > 0) for _ in range(actors)]
+        self._model_ref = ray.put(package.to_bytes())  # kept alive: restarted actors are rebuilt from it
+        self._actors = [worker.remote(self._model_ref, cpus_per_actor, gpus_per_actor > 0) for _ in range(actors)]
         self._pool = ActorPool(self._actors)
         self.batch = batch
 

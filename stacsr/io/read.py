@@ -6,6 +6,7 @@ Error messages name the asset and strip query strings, so no token is ever print
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -77,9 +78,14 @@ def _unreadable(href: str) -> bool:
         return True
 
 
+# A query string wherever it appears (GDAL names files without their scheme, e.g. "B08.tif?st=…&sig=…:"),
+# up to a quote, a blank, or a colon that ends the word (colons inside, as in se=…T12:52:44Z, are kept out).
+_QUERY = re.compile(r"\?[^\s'\"]*?(?=:?(?:[\s'\"]|$))")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return " ".join(redact(w) if "://" in w else w for w in text.split())
+    return " ".join(redact(w) if "://" in w else w for w in _QUERY.sub("", text).split())
 
 
 @dataclass

@@ -120,6 +120,11 @@ def from_bytes(card_text: str, weights: bytes, source: str = "<memory>") -> Mode
         state = load_safetensors(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"weights of {source} are not a safetensors file ({e})") from None
+    if len(card.bands) != card.config.bands or len(card.common_names) != len(card.bands):
+        raise ModelError(
+            f"model card of {source} lists {len(card.bands)} bands ({', '.join(card.bands)}) "
+            f"but its network takes {card.config.bands}"
+        )
     generator = Generator(card.config)
     _load_state(generator, state, source)
     generator.eval()
