@@ -28,7 +28,7 @@ import numpy as np
 SIZE = 1024
 
 
-def best_of(fn, repeat: int = 3) -> float:
+def best_of(fn, repeat: int = 2) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeat):

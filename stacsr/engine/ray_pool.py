@@ -7,7 +7,9 @@ restarted and their tasks retried if a worker process dies: tiles are pure funct
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import deque
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -33,24 +35,32 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
 
 
 class _TileWorker:
-    """Actor body: rebuilds the model package from bytes and runs batches of tiles."""
+    """Actor body: builds the model on its first batch (and again after a restart), then runs batches.
 
-    def __init__(self, model: tuple[str, bytes], threads: int, use_gpu: bool) -> None:
-        from stacsr.model.package import Predictor, from_bytes
+    The model travels as an argument of each call (a reference, resolved by Ray) rather than of the
+    constructor, so a restarted actor can always rebuild it.
+    """
 
-        package = from_bytes(*model)
-        self.predict = Predictor(package, device="cuda" if use_gpu else "cpu", threads=threads)
-        self.scale = package.card.scale
+    def __init__(self, threads: int, use_gpu: bool) -> None:
+        self.threads, self.device = threads, "cuda" if use_gpu else "cpu"
+        self.predict: Any = None
 
-    def run(self, padded: np.ndarray, cores: list[Window], halo: int) -> list[tuple[Window, np.ndarray]]:
-        return list(zip(cores, tiles.run_batch(self.predict, padded, cores, halo, self.scale)))
+    def run(
+        self, model: tuple[str, bytes], padded: np.ndarray, cores: list[Window], halo: int
+    ) -> list[tuple[Window, np.ndarray]]:
+        if self.predict is None:
+            from stacsr.model.package import Predictor, from_bytes
+
+            self.predict = Predictor(from_bytes(*model), device=self.device, threads=self.threads)
+        return list(zip(cores, tiles.run_batch(self.predict, padded, cores, halo, self.predict.scale)))
 
 
 class RayEngine:
@@ -64,9 +74,9 @@ class RayEngine:
         cpus_per_actor: int = 1,
         gpus_per_actor: float = 0,
         batch: int = 1,
+        in_flight: int = 2,
     ) -> None:
         import ray
-        from ray.util import ActorPool
 
         connect(address)
         resources = ray.cluster_resources()
@@ -76,23 +86,34 @@ class RayEngine:
         worker = ray.remote(_TileWorker).options(
             num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=3, max_task_retries=3
         )
-        self._model_ref = ray.put(package.to_bytes())  # kept alive: restarted actors are rebuilt from it
-        self._actors = [worker.remote(self._model_ref, cpus_per_actor, gpus_per_actor > 0) for _ in range(actors)]
-        self._pool = ActorPool(self._actors)
+        self._model_ref = ray.put(package.to_bytes())
+        self._actors = [worker.remote(cpus_per_actor, gpus_per_actor > 0) for _ in range(actors)]
         self.batch = batch
+        self.in_flight = in_flight
 
     @property
     def size(self) -> int:
         return len(self._actors)
 
     def map(self, padded: np.ndarray, cores: Sequence[Window], halo: int) -> Iterator[tuple[Window, np.ndarray]]:
+        """Keep ``in_flight`` batches queued on every actor, so none idles while results come back."""
         import ray
 
         image_ref: Any = ray.put(padded)
-        groups = list(tiles.batches(cores, self.batch))
-        for done in self._pool.map_unordered(lambda actor, g: actor.run.remote(image_ref, g, halo), groups):
-            yield from done
-        del image_ref
+        todo = deque(tiles.batches(cores, self.batch))
+        pending: dict[Any, Any] = {}
+
+        def submit(actor: Any) -> None:
+            if todo:
+                pending[actor.run.remote(self._model_ref, image_ref, todo.popleft(), halo)] = actor
+
+        for _ in range(self.in_flight):
+            for actor in self._actors:
+                submit(actor)
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            submit(pending.pop(done))
+            yield from ray.get(done)
 
     def close(self) -> None:
         import ray

@@ -20,6 +20,10 @@ from rio_cogeo.profiles import cog_profiles
 from stacsr.io.grid import GeoBox
 
 REFLECTANCE_SCALE = 1e-4  # uint16 DN × scale = reflectance
+# Fast compression levels: on 4× super-resolved uint16 with predictor 2, deflate level 1 writes 3× faster
+# than level 6 for files about 20 % larger (make bench). Compression runs on all cores.
+FAST_LEVELS = {"deflate": {"zlevel": 1}, "zstd": {"zstd_level": 1}}
+GDAL_WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
 def write_cog(
@@ -41,7 +45,7 @@ def write_cog(
         driver="GTiff", count=array.shape[0], height=array.shape[1], width=array.shape[2],
         dtype=array.dtype.name, crs=grid.crs.to_wkt(), transform=grid.affine, nodata=nodata,
     )  # fmt: skip
-    cog = dict(cog_profiles.get(compress.lower()), predictor=2)
+    cog = dict(cog_profiles.get(compress.lower()), predictor=2, **FAST_LEVELS.get(compress.lower(), {}))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
@@ -54,7 +58,7 @@ def write_cog(
                 if scale is not None:
                     dst.scales = (scale,) * array.shape[0]
                     dst.offsets = (0.0,) * array.shape[0]
-            with mem.open() as src:
+            with mem.open() as src, rasterio.Env(**GDAL_WRITE_ENV):
                 cog_translate(
                     src, tmp, cog, in_memory=True, quiet=True, overview_resampling="average",
                     add_mask=False, use_cog_driver=False,

@@ -7,6 +7,7 @@ field, architecture and provenance. ``"default"`` names the package shipped insi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -157,12 +158,13 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.generator = package.generator.to(self.device).eval()
+        # channels-last convolutions run 1.3–1.5× faster on this CPU (make bench) and suit GPUs too
+        self.generator = copy.deepcopy(package.generator).to(self.device, memory_format=torch.channels_last).eval()
         self.scale = package.card.scale
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """``(N, bands, h, w)`` uint16 → ``(N, bands, h·scale, w·scale)`` uint16."""
-        x = torch.from_numpy(batch.astype(np.float32, copy=False)).to(self.device)
+        x = torch.from_numpy(batch.astype(np.float32, copy=False)).to(self.device, memory_format=torch.channels_last)
         y = self.generator(x).round_().clamp_(1, 65535)
         return y.to(torch.int32).cpu().numpy().astype(np.uint16)
