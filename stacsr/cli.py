@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -35,7 +34,12 @@ NoRayOpt = typer.Option(False, "--no-ray", help="Run the model in this process (
 AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default: start a local Ray).")
 ActorsOpt = typer.Option(None, "--actors", min=1, help="Model actors (default: one per CPU, or per GPU).")
 GpusOpt = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="GPUs per model actor (0 = CPU).")
-CompressOpt = typer.Option("deflate", "--compress", help="COG compression: deflate or zstd.")
+CompressOpt = typer.Option("deflate", "--compress", help="COG compression.")
+
+
+class Compression(str, Enum):
+    deflate = "deflate"
+    zstd = "zstd"
 
 
 class RichProgress:
@@ -144,7 +148,7 @@ def enhance(
     best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Only the least cloudy item per MGRS tile."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most items processed."),
     model: str = ModelOpt, tile_size: int = TileOpt, no_ray: bool = NoRayOpt, address: Optional[str] = AddressOpt,
-    actors: Optional[int] = ActorsOpt, gpus_per_actor: float = GpusOpt, compress: str = CompressOpt,
+    actors: Optional[int] = ActorsOpt, gpus_per_actor: float = GpusOpt, compress: Compression = CompressOpt,
 ) -> None:  # fmt: skip
     """Search, super-resolve the area in every item found, write COGs and a static STAC catalogue."""
     from stacsr import pipeline
@@ -157,7 +161,7 @@ def enhance(
         pipeline.plan_jobs(items, preset, package.card.bands, bbox)
         pipeline.check_writable(out_dir)
         with _engine(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
-            report = pipeline.enhance(items, preset, bbox, out_dir, package, engine, tile_size, compress, progress)
+            report = pipeline.enhance(items, preset, bbox, out_dir, package, engine, tile_size, compress.value, progress)
         _summary(report, "items written")
 
 
@@ -166,7 +170,7 @@ def sr(
     src: str = typer.Argument(..., help="Input GeoTIFF (path or URL): bands in the model's order, reflectance × 10000."),
     dst: Path = typer.Argument(..., help="Output COG."),
     model: str = ModelOpt, tile_size: int = TileOpt, no_ray: bool = NoRayOpt, address: Optional[str] = AddressOpt,
-    actors: Optional[int] = ActorsOpt, gpus_per_actor: float = GpusOpt, compress: str = CompressOpt,
+    actors: Optional[int] = ActorsOpt, gpus_per_actor: float = GpusOpt, compress: Compression = CompressOpt,
 ) -> None:  # fmt: skip
     """Super-resolve one GeoTIFF, no catalogue: same origin, pixel size ÷ scale, uint16 COG."""
     from stacsr import pipeline
@@ -175,7 +179,7 @@ def sr(
     with errors():
         package = M.load(model)
         with _engine(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
-            report = pipeline.sr_file(src, dst, package, engine, tile_size, compress, progress)
+            report = pipeline.sr_file(src, dst, package, engine, tile_size, compress.value, progress)
         _summary(report, "files written")
 
 
@@ -196,10 +200,17 @@ def demo(
         console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")
 
 
-def main() -> None:  # pragma: no cover
-    logging.basicConfig(level=logging.WARNING)
-    app()
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, help="Print the stacsr version and exit."),
+) -> None:
+    """Super-resolution of Sentinel-2 L2A (10 m → 2.5 m) from STAC catalogues to COGs and STAC items."""
+    if version:
+        from stacsr import __version__
+
+        out.print(f"stacsr {__version__}")
+        raise typer.Exit()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    app()

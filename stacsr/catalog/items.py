@@ -16,7 +16,7 @@ import pystac
 from odc.geo.geom import Geometry
 
 from stacsr import __version__
-from stacsr.io.grid import GeoBox, epsg_of
+from stacsr.io.grid import GeoBox
 from stacsr.io.read import redact
 from stacsr.io.write import REFLECTANCE_SCALE
 from stacsr.model.package import ModelPackage
@@ -122,6 +122,3 @@ def build_collection(items: Sequence[pystac.Item], source_collection: str | None
         providers=[pystac.Provider("stacsr", roles=[pystac.ProviderRole.PROCESSOR])],
     )
 
-
-def source_epsg(source: Mapping[str, Any]) -> int | None:
-    return epsg_of(source.get("properties", {}))

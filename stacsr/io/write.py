@@ -69,8 +69,3 @@ def write_cog(
             os.unlink(tmp)
     return path
 
-
-def read_profile(path: str | Path) -> dict:
-    """Profile of a written raster (used by checks and tests)."""
-    with rasterio.open(path) as src:
-        return dict(src.profile)
