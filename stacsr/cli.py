@@ -105,9 +105,10 @@ def _find(preset, bbox, datetime, max_cloud, limit, best_per_tile: bool) -> list
     return S.best_per_tile(items, preset) if best_per_tile else items
 
 
-def _summary(report, what: str) -> None:
+def _summary(report, what: str, engine) -> None:
     table = Table(show_header=False, box=None)
     table.add_row(what, str(len(report.items)))
+    table.add_row("engine", str(engine))
     if report.skipped:
         table.add_row("skipped (all nodata)", ", ".join(report.skipped))
     table.add_row("area", f"{report.km2:.2f} km²")
@@ -162,7 +163,7 @@ def enhance(
         pipeline.check_writable(out_dir)
         with _engine(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
             report = pipeline.enhance(items, preset, bbox, out_dir, package, engine, tile_size, compress.value, progress)
-        _summary(report, "items written")
+        _summary(report, "items written", engine)
 
 
 @app.command()
@@ -180,7 +181,7 @@ def sr(
         package = M.load(model)
         with _engine(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
             report = pipeline.sr_file(src, dst, package, engine, tile_size, compress.value, progress)
-        _summary(report, "files written")
+        _summary(report, "files written", engine)
 
 
 @app.command()
@@ -196,7 +197,7 @@ def demo(
         package = M.load(model)
         with _engine(package, no_ray, None, None, 0) as engine, progress_bar() as progress:
             report = D.run(out_dir, package, engine, tile_size, progress)
-        _summary(report, "items written")
+        _summary(report, "items written", engine)
         console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")
 
 

@@ -20,6 +20,10 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+    def __str__(self) -> str:
+        """Where tiles run, for summaries: "in-process" or "Ray, N actors"."""
+        ...
+
 
 from stacsr.engine.local import LocalEngine  # noqa: E402
 from stacsr.engine.ray_pool import RayEngine  # noqa: E402

@@ -21,5 +21,8 @@ class LocalEngine:
         for group in tiles.batches(cores, self.batch):
             yield from zip(group, tiles.run_batch(self.predict, padded, group, halo, self.scale))
 
+    def __str__(self) -> str:
+        return "in-process"
+
     def close(self) -> None:
         pass

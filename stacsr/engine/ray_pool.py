@@ -88,12 +88,10 @@ class RayEngine:
         )
         self._model_ref = ray.put(package.to_bytes())
         self._actors = [worker.remote(cpus_per_actor, gpus_per_actor > 0) for _ in range(actors)]
-        self.batch = batch
-        self.in_flight = in_flight
+        self.size, self.batch, self.in_flight = actors, batch, in_flight
 
-    @property
-    def size(self) -> int:
-        return len(self._actors)
+    def __str__(self) -> str:
+        return f"Ray, {self.size} actors"
 
     def map(self, padded: np.ndarray, cores: Sequence[Window], halo: int) -> Iterator[tuple[Window, np.ndarray]]:
         """Keep ``in_flight`` batches queued on every actor, so none idles while results come back."""
