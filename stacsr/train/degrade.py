@@ -1,0 +1,161 @@
+"""Degradations that make a low-resolution (LR) patch from a 10 m high-resolution (HR) patch (Wald protocol).
+
+Arrays are ``(..., rows, cols)`` numpy arrays or torch tensors, usually ``(bands, rows, cols)``, in
+reflectance × 10000 with 0 = nodata; rows and cols must be multiples of ``scale``. The result has the same
+type (numpy → float32 numpy, torch → float tensor on the same device).
+
+- :func:`area` — mean over ``scale × scale`` blocks (the LR pixel covers exactly its HR block);
+- :func:`mtf` — Gaussian blur per band (``sigma`` in HR pixels, approximating the Sentinel-2 MTF at the
+  LR sampling), then the block mean;
+- :func:`noise` — additive Gaussian noise on valid pixels.
+
+Nodata: an LR pixel is 0 (in every band) when any HR pixel of its block is 0 in any band, the convention of
+:func:`stacsr.pipeline.super_resolve`. The blur of :func:`mtf` is normalised by the blurred validity mask, so
+zeros next to a nodata area do not darken the valid pixels around it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+DEGRADATIONS = ("area", "mtf")
+DEFAULT_SIGMA = 1.5
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _check(hr: Any, scale: int) -> None:
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, not {scale!r}")
+    if hr.ndim < 2:
+        raise ValueError(f"expected an array (..., rows, cols), got shape {tuple(hr.shape)}")
+    rows, cols = hr.shape[-2:]
+    if rows % scale or cols % scale:
+        raise ValueError(f"HR patch {rows}×{cols} is not a multiple of the scale {scale}")
+
+
+def _invalid_blocks(hr: Any, scale: int) -> Any:
+    """``(..., rows/scale, cols/scale)`` bool: blocks holding a 0 in any band (band axis = -3 when present)."""
+    zero = hr == 0
+    if hr.ndim >= 3:
+        zero = zero.any(-3, keepdims=True) if not _is_torch(hr) else zero.any(dim=-3, keepdim=True)
+    *lead, rows, cols = zero.shape
+    blocks = zero.reshape(*lead, rows // scale, scale, cols // scale, scale)
+    if _is_torch(hr):
+        return blocks.any(dim=-1).any(dim=-2)
+    return blocks.any(axis=(-3, -1))
+
+
+def _block_mean(x: Any, scale: int) -> Any:
+    *lead, rows, cols = x.shape
+    blocks = x.reshape(*lead, rows // scale, scale, cols // scale, scale)
+    return blocks.mean(dim=(-3, -1)) if _is_torch(x) else blocks.mean(axis=(-3, -1))
+
+
+def area(hr: Any, scale: int) -> Any:
+    """Block mean over ``scale × scale`` HR pixels; blocks with any nodata become 0."""
+    _check(hr, scale)
+    x = hr.float() if _is_torch(hr) else np.asarray(hr, dtype=np.float32)
+    lr = _block_mean(x, scale)
+    bad = _invalid_blocks(x, scale)
+    if _is_torch(x):
+        return lr.masked_fill(bad.expand_as(lr), 0.0)
+    return np.where(bad, np.float32(0), lr).astype(np.float32)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian of radius ⌈3σ⌉ (float64)."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, not {sigma}")
+    radius = max(1, math.ceil(3 * sigma))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _blur_numpy(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Separable convolution over the last two axes, edges reflected."""
+    r = len(kernel) // 2
+    pad = [(0, 0)] * (x.ndim - 2)
+    out = np.pad(x, pad + [(r, r), (0, 0)], mode="reflect")
+    out = sum(k * out[..., i : i + x.shape[-2], :] for i, k in enumerate(kernel))
+    out = np.pad(out, pad + [(0, 0), (r, r)], mode="reflect")
+    return sum(k * out[..., :, i : i + x.shape[-1]] for i, k in enumerate(kernel))
+
+
+def _blur_torch(x: Any, kernel: np.ndarray) -> Any:
+    import torch
+    from torch.nn import functional as F
+
+    r = len(kernel) // 2
+    lead, (rows, cols) = x.shape[:-2], x.shape[-2:]
+    flat = x.reshape(-1, 1, rows, cols)
+    k = torch.as_tensor(kernel, dtype=flat.dtype, device=flat.device)
+    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return flat.reshape(*lead, rows, cols)
+
+
+def blur(hr: Any, sigma: float = DEFAULT_SIGMA) -> Any:
+    """Gaussian blur of each band (``sigma`` in pixels), normalised over valid (non-zero) pixels."""
+    kernel = gaussian_kernel(sigma)
+    if min(hr.shape[-2:]) <= len(kernel) // 2:
+        raise ValueError(f"patch {tuple(hr.shape[-2:])} too small for a blur of sigma {sigma}")
+    if _is_torch(hr):
+        x = hr.double()
+        valid = (x != 0).to(x.dtype)
+        num, den = _blur_torch(x * valid, kernel), _blur_torch(valid, kernel)
+        return (num / den.clamp_min(1e-12)).masked_fill(valid == 0, 0.0).to(hr.float().dtype)
+    x = np.asarray(hr, dtype=np.float64)
+    valid = (x != 0).astype(np.float64)
+    num, den = _blur_numpy(x * valid, kernel), _blur_numpy(valid, kernel)
+    return np.where(valid > 0, num / np.maximum(den, 1e-12), 0).astype(np.float32)
+
+
+def mtf(hr: Any, scale: int, sigma: float = DEFAULT_SIGMA) -> Any:
+    """Gaussian blur per band approximating the sensor MTF, then :func:`area`; nodata as in :func:`area`."""
+    _check(hr, scale)
+    lr = area(blur(hr, sigma), scale)
+    bad = _invalid_blocks(hr, scale)  # the blur keeps zeros in place, but say it explicitly
+    if _is_torch(lr):
+        return lr.masked_fill(bad.expand_as(lr), 0.0)
+    return np.where(bad, np.float32(0), lr).astype(np.float32)
+
+
+def noise(lr: Any, std: float, rng: Any = None) -> Any:
+    """``lr`` plus Gaussian noise of standard deviation ``std`` (reflectance × 10000) on valid pixels.
+
+    Nodata stays 0 and valid pixels stay ≥ 1. ``rng``: a numpy ``Generator`` (numpy input) or a torch
+    ``Generator`` (torch input), for reproducible noise.
+    """
+    if std < 0:
+        raise ValueError(f"noise std must be ≥ 0, not {std}")
+    if std == 0:
+        return lr
+    if _is_torch(lr):
+        import torch
+
+        x = lr.float()
+        n = torch.randn(x.shape, generator=rng, device=x.device, dtype=x.dtype) * std
+        return torch.where(x == 0, x, (x + n).clamp_min(1.0))
+    x = np.asarray(lr, dtype=np.float32)
+    rng = rng if rng is not None else np.random.default_rng()
+    n = rng.standard_normal(x.shape, dtype=np.float32) * np.float32(std)
+    return np.where(x == 0, np.float32(0), np.maximum(x + n, 1)).astype(np.float32)
+
+
+def degrade(hr: Any, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0,
+            rng: Any = None) -> Any:  # fmt: skip
+    """LR from HR by ``kind`` (``"area"`` or ``"mtf"``), then optional noise."""
+    if kind == "area":
+        lr = area(hr, scale)
+    elif kind == "mtf":
+        lr = mtf(hr, scale, sigma)
+    else:
+        raise ValueError(f"unknown degradation {kind!r}: use {' or '.join(DEGRADATIONS)}")
+    return noise(lr, noise_std, rng) if noise_std else lr
