@@ -16,7 +16,7 @@ import rasterio
 from rasterio.errors import RasterioError, RasterioIOError
 
 from stacsr.io import grid as G
-from stacsr.io.grid import GeoBox, Window
+from stacsr.io.grid import GeoBox
 
 # GDAL settings for cloud reads: no directory listing, retries on transient HTTP errors.
 GDAL_ENV = {
@@ -59,7 +59,7 @@ def read_item_window(item: dict[str, Any], asset_keys: Sequence[str], grid: GeoB
     except (RasterioError, RasterioIOError, RuntimeError) as e:
         bad = [k for k in asset_keys if _unreadable(item["assets"][k]["href"])]
         name = ", ".join(f"{k} ({redact(item['assets'][k]['href'])})" for k in bad) or ", ".join(asset_keys)
-        raise ReadError(f"cannot read asset {name} of item {item['id']}: {_first_line(e)}") from None
+        raise ReadError(f"cannot read asset {name} of item {item['id']}: {first_line(e)}") from None
     return np.asarray(data.values)
 
 
@@ -83,7 +83,8 @@ def _unreadable(href: str) -> bool:
 _QUERY = re.compile(r"\?[^\s'\"]*?(?=:?(?:[\s'\"]|$))")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """First line of an error message, with every URL query string (tokens, signatures) removed."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return " ".join(redact(w) if "://" in w else w for w in _QUERY.sub("", text).split())
 
@@ -105,9 +106,5 @@ def read_raster(href: str) -> Raster:
             grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
             return Raster(src.read(), grid, list(src.descriptions), src.nodata)
     except RasterioError as e:
-        raise ReadError(f"cannot read {redact(href)}: {_first_line(e)}") from None
+        raise ReadError(f"cannot read {redact(href)}: {first_line(e)}") from None
 
-
-def window_grid(item: dict[str, Any], asset_key: str, window: Window) -> GeoBox:
-    """Grid of ``window`` on the native grid of ``asset_key``."""
-    return G.crop(G.item_grid(item, asset_key), window)

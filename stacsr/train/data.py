@@ -34,7 +34,7 @@ from rasterio.windows import Window as RioWindow
 from stacsr.catalog.presets import Preset
 from stacsr.catalog.radiometry import Radiometry
 from stacsr.io.grid import GeoBox, Window
-from stacsr.io.read import GDAL_ENV, ReadError, _first_line, redact
+from stacsr.io.read import GDAL_ENV, ReadError, first_line, redact
 from stacsr.train import degrade as D
 from stacsr.train.pairs import KIND_WALD, PairsError, read_manifest
 
@@ -67,14 +67,7 @@ def read_window(href: str, window: Window, asset: str = "", transform: Affine | 
                     1, window=RioWindow(c0, r0, c1 - c0, r1 - r0))  # fmt: skip
             return out
     except RasterioError as e:
-        raise ReadError(f"cannot read {name}: {_redact_text(_first_line(e))}") from None
-
-
-_URL = re.compile(r"https?://\S+")
-
-
-def _redact_text(text: str) -> str:
-    return _URL.sub(lambda m: redact(m.group(0)), text)
+        raise ReadError(f"cannot read {name}: {first_line(e)}") from None
 
 
 # ------------------------------------------------------------------ one pair
