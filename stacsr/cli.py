@@ -201,6 +201,33 @@ def demo(
         console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")
 
 
+@app.command()
+def pairs(
+    bbox: tuple[float, float, float, float] = BBoxOpt,
+    out_path: str = typer.Option(..., "--out", help="Manifest to write: a .parquet path or s3://bucket/key."),
+    kind: str = typer.Option("wald", "--kind", help="wald (Sentinel-2 alone; cross-sensor is not available yet)."),
+    patches: int = typer.Option(1000, "--patches", min=1, help="Patches to sample, spread over the items."),
+    patch_size: int = typer.Option(128, "--patch-size", min=4, help="HR patch side on the 10 m grid (pixels)."),
+    scale: int = typer.Option(4, "--scale", help="Super-resolution factor the LR patches are degraded by."),
+    min_valid: float = typer.Option(0.99, "--min-valid", min=0.0, max=1.0, help="Least clear fraction (SCL) per patch."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same manifest)."),
+    datetime: Optional[str] = DatetimeOpt, max_cloud: Optional[float] = CloudOpt, catalog: str = CatalogOpt,
+    collection: Optional[str] = CollectionOpt, bands: Optional[str] = BandsOpt, stac_url: Optional[str] = StacUrlOpt,
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most items sampled from."),
+) -> None:  # fmt: skip
+    """Build a training manifest of patch windows (GeoParquet) from a STAC search."""
+    from stacsr.train import pairs as P
+
+    with errors():
+        if kind != "wald":
+            fail(f"pair kind {kind!r} is not available yet; use --kind wald")
+        preset = _preset(catalog, collection, bands, stac_url)
+        items = _find(preset, bbox, datetime, max_cloud, limit, False)
+        table = P.build_wald_manifest(items, preset, bbox, patches, patch_size, scale, seed, min_valid)
+        P.write_manifest(table, out_path)
+        console.print(f"{table.num_rows} patches from {len(set(table.column('item_id').to_pylist()))} items → {out_path}")
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", is_eager=True, help="Print the stacsr version and exit."),

@@ -268,3 +268,22 @@ def test_predictor_of_a_bicubic_model_keeps_a_flat_image_flat(tmp_path):
     pkg = P.save(make_card(config), g, tmp_path / "pkg")
     out = P.Predictor(pkg, device="cpu")(np.full((1, 4, 8, 8), 4321, dtype=np.uint16))
     assert (out == 4321).all()
+
+
+def test_package_without_training_heads_loads_with_them_zeroed(tmp_path):
+    """Packages exported without the MSG-GAN heads (inference only) still load; the heads are zero."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from stacsr.model import package as P
+
+    src = P.default_path()
+    state = {k: v for k, v in load_file(str(src / P.WEIGHTS)).items() if not k.startswith(P.TRAINING_ONLY)}
+    assert len(state) < len(load_file(str(src / P.WEIGHTS)))
+    save_file(state, str(tmp_path / P.WEIGHTS))
+    (tmp_path / P.CARD).write_text((src / P.CARD).read_text())
+    pkg = P.load(tmp_path)
+    heads = [v for k, v in pkg.generator.state_dict().items() if k.startswith(P.TRAINING_ONLY)]
+    assert heads and all(float(v.abs().sum()) == 0 for v in heads)
+    assert json.loads((tmp_path / P.CARD).read_text())["name"] == pkg.card.name

@@ -4,6 +4,9 @@
                        └──────────────── global skip ───────────┘                                  │
     input ─────────────────────────── bicubic ×scale (optional residual base) ─────────────────────┘
 
+For training (MSG-GAN), :meth:`Generator.forward_pyramid` also returns the ×1 and each intermediate ×2
+output: a 1×1 "to image" conv on the feature map before each ×2 stage, plus the bicubic base at that scale.
+
 The network works on reflectance (input ÷ ``norm_scale``) and returns the same units as its input.
 It is a pure function of tensors: no I/O, STAC or Ray here.
 """
@@ -83,7 +86,12 @@ class Upsample2x(nn.Module):
 
 
 class Generator(nn.Module):
-    """SRResNet generator: ``(N, bands, H, W)`` → ``(N, bands, H·scale, W·scale)``."""
+    """SRResNet generator: ``(N, bands, H, W)`` → ``(N, bands, H·scale, W·scale)``.
+
+    Besides its final output, the generator has one 1×1 "to image" head per intermediate scale
+    (×1, and each ×2 stage but the last: ×1 and ×2 at scale 4) for MSG-GAN training
+    (:meth:`forward_pyramid`). :meth:`forward` does not compute them: inference costs the same.
+    """
 
     def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
         super().__init__()
@@ -98,69 +106,45 @@ class Generator(nn.Module):
         self.body_tail = nn.Conv2d(f, f, 3, padding=1)
         self.upsample = nn.Sequential(*[Upsample2x(f) for _ in range(config.n_upsample)])
         self.tail = nn.Conv2d(f, config.bands, config.tail_kernel, padding=config.tail_kernel // 2)
-
-    @property
-    def receptive_radius(self) -> int:
-        return self.config.receptive_radius
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(self.act(self.conv1(x)))
-
-
-class Upsample2x(nn.Module):
-    """conv to 4× channels → pixel shuffle (×2) → PReLU."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(features, features * 4, 3, padding=1)
-        self.shuffle = nn.PixelShuffle(2)
-        self.act = nn.PReLU(features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.shuffle(self.conv(x)))
-
-
-class Generator(nn.Module):
-    """SRResNet generator: ``(N, bands, H, W)`` → ``(N, bands, H·scale, W·scale)``."""
-
-    def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
-        super().__init__()
-        if config.scale not in (2, 4, 8):
-            raise ValueError(f"scale must be 2, 4 or 8, not {config.scale}")
-        self.config = config
-        f = config.features
-        self.head = nn.Sequential(
-            nn.Conv2d(config.bands, f, config.head_kernel, padding=config.head_kernel // 2), nn.PReLU(f)
-        )
-        self.body = nn.Sequential(*[ResidualBlock(f) for _ in range(config.blocks)])
-        self.body_tail = nn.Conv2d(f, f, 3, padding=1)
-        self.upsample = nn.Sequential(*[Upsample2x(f) for _ in range(config.n_upsample)])
-        self.tail = nn.Conv2d(f, config.bands, config.tail_kernel, padding=config.tail_kernel // 2)
+        # intermediate heads, created last so that a given seed initialises the layers above as before
+        self.to_images = nn.ModuleList([nn.Conv2d(f, config.bands, 1) for _ in range(config.n_upsample)])
 
     @property
     def n_upsample(self) -> int:
-        return int(math.log2(self.config.scale))
+        return self.config.n_upsample
 
     @property
     def receptive_radius(self) -> int:
-        """Input pixels on each side that influence one output pixel (rounded up).
+        """Input pixels on each side that influence one output pixel (see GeneratorConfig)."""
+        return self.config.receptive_radius
 
-        A tile cut with at least this halo gives the same output as the whole image.
-        """
-        c = self.config
-        radius = c.head_kernel // 2 + 2 * c.blocks + 1  # head, two 3×3 per block, body tail
-        radius += sum(1 / 2**i for i in range(self.n_upsample))  # 3×3 conv before each shuffle
-        radius += (c.tail_kernel // 2) / c.scale  # tail conv on the fine grid
-        if c.residual_bicubic:
-            radius = max(radius, 2)  # bicubic support
-        return math.ceil(radius)
+    def _features(self, x: Tensor) -> Tensor:
+        """Head and residual body on ``x`` in network units: the ×1 feature map."""
+        features = self.head(x)
+        return features + self.body_tail(self.body(features))
+
+    def _output(self, y: Tensor, x: Tensor, factor: int) -> Tensor:
+        """Network output ``y`` at ``factor`` plus its residual base (the input resampled), in input units."""
+        if self.config.residual_bicubic:
+            y = y + (x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="bicubic", align_corners=False))
+        return y * self.config.norm_scale
 
     def forward(self, x: Tensor) -> Tensor:
         """Super-resolve ``x`` (input units, e.g. reflectance × 10000) into the same units."""
         x = x / self.config.norm_scale
-        features = self.head(x)
-        features = features + self.body_tail(self.body(features))
-        y = self.tail(self.upsample(features))
-        if self.config.residual_bicubic:
-            y = y + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
-        return y * self.config.norm_scale
+        return self._output(self.tail(self.upsample(self._features(x))), x, self.config.scale)
+
+    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
+        """Outputs at every scale, coarse to fine: ``[y×1, y×2, …, y×scale]``, in input units.
+
+        The last one is exactly :meth:`forward`'s output. Each intermediate is its 1×1 head's output plus
+        the input resampled to that scale when ``residual_bicubic`` (so zeroed heads give bicubic).
+        """
+        x = x / self.config.norm_scale
+        features = self._features(x)
+        outputs = []
+        for k, (to_image, stage) in enumerate(zip(self.to_images, self.upsample)):
+            outputs.append(self._output(to_image(features), x, 2**k))
+            features = stage(features)
+        outputs.append(self._output(self.tail(features), x, self.config.scale))
+        return outputs

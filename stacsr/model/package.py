@@ -132,8 +132,14 @@ def from_bytes(card_text: str, weights: bytes, source: str = "<memory>") -> Mode
     return ModelPackage(card, generator, hashlib.sha256(weights).hexdigest(), weights)
 
 
+TRAINING_ONLY = "to_images."  # the generator's intermediate heads, used by MSG-GAN training only
+
+
 def _load_state(generator: Generator, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in generator.state_dict().items()}
+    """Load ``state`` strictly; a package without the training-only heads gets them zeroed."""
+    own = generator.state_dict()
+    state = {**{k: torch.zeros_like(v) for k, v in own.items() if k.startswith(TRAINING_ONLY)}, **state}
+    expected = {k: tuple(v.shape) for k, v in own.items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:
         diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
