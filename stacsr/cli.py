@@ -228,6 +228,55 @@ def pairs(
         console.print(f"{table.num_rows} patches from {len(set(table.column('item_id').to_pylist()))} items → {out_path}")
 
 
+@app.command()
+def export(
+    run_or_checkpoint: str = typer.Argument(..., help="Checkpoint folder, or run folder <storage>/<name> (its latest checkpoint); local or s3://."),
+    out_dir: Path = typer.Option(..., "--out", help="Model package folder to write (card.json, weights.safetensors, item.json)."),
+) -> None:  # fmt: skip
+    """Export a training checkpoint's EMA generator as a model package with a STAC MLM item."""
+    from stacsr.train import export as X
+
+    with errors():
+        package = X.export(run_or_checkpoint, out_dir)
+        step = package.card.provenance.get("step")
+        console.print(
+            f"{package.ref}{f' (step {step})' if step is not None else ''} from {package.card.provenance.get('checkpoint')} "
+            f"→ {out_dir} ({X.ITEM}, use with --model {out_dir})",
+            highlight=False, soft_wrap=True,
+        )
+
+
+@app.command()
+def train(
+    pairs_path: str = typer.Option(..., "--pairs", help="Pairs manifest (stacsr pairs): a .parquet path or s3://bucket/key."),
+    storage: str = typer.Option(..., "--storage", help="Where runs live: a local folder or s3://bucket/prefix."),
+    name: str = typer.Option(..., "--name", help="Run name: <storage>/<name>; the same name and storage resume."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Ray Train workers (data-parallel)."),
+    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (bf16 mixed precision)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Training configuration (YAML, see jobs/examples/train.yaml)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start G from a model package folder or 'default'."),
+    catalog: str = CatalogOpt, stac_url: Optional[str] = StacUrlOpt,
+    address: Optional[str] = AddressOpt,
+) -> None:  # fmt: skip
+    """Train the SRGAN on Ray Train from a pairs manifest; re-running the same line resumes."""
+    from stacsr.train import trainer as T
+
+    with errors():
+        preset = _preset(catalog, None, None, stac_url)
+        T.prepare(pairs_path, name, config, workers, init_from)  # every check before Ray starts
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        try:
+            result = T.train(pairs_path, storage, name, config, workers, gpu, preset, init_from)
+        except T.TrainError as e:
+            fail(str(e).strip().splitlines()[0])
+        step = (result.metrics or {}).get("step")
+        where = getattr(result.checkpoint, "path", None)
+        console.print(f"run {name}: step {step if step is not None else '(already done)'}; checkpoint {where}")
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", is_eager=True, help="Print the stacsr version and exit."),

@@ -1,0 +1,230 @@
+"""Training configuration: one :class:`TrainConfig`, read from YAML (``jobs/examples/train.yaml`` documents
+every key). Unknown keys and values of the wrong type are refused with a :class:`ValueError` that names the
+key (``losses.gan_kind``…); an absent key keeps its default (SR4RS-like: 16 residual blocks × 64 features,
+×4, WGAN-GP, content-weighted losses).
+
+Sections: ``generator`` (:class:`~stacsr.model.generator.GeneratorConfig`), ``discriminator`` (the
+:class:`~stacsr.model.discriminator.DiscriminatorConfig` fields that are not the generator's: its bands, scale
+and norm_scale always follow the generator), ``losses`` (:class:`~stacsr.model.losses.LossWeights` plus the
+VGG weights file), ``optimiser`` (Adam), ``degradation`` (how LR is made from HR) and top-level schedule
+keys. :meth:`TrainConfig.to_dict` / :func:`from_dict` round-trip (that dict travels to the Ray workers and
+into the checkpoint's card).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from stacsr.model.discriminator import DiscriminatorConfig
+from stacsr.model.generator import GeneratorConfig
+from stacsr.model.losses import GAN_KINDS, VGG19_LAYERS, LossWeights
+
+
+@dataclass(frozen=True)
+class DiscriminatorSection:
+    """MSG-GAN discriminator width and regularisation (bands, scale, norm_scale come from the generator)."""
+
+    features: int = 64
+    max_features: int = 512
+    mbstd_group: int = 4
+    spectral_norm: bool = False
+
+    def config(self, generator: GeneratorConfig) -> DiscriminatorConfig:
+        return DiscriminatorConfig(bands=generator.bands, scale=generator.scale, features=self.features,
+                                   max_features=self.max_features, mbstd_group=self.mbstd_group,
+                                   spectral_norm=self.spectral_norm, norm_scale=generator.norm_scale)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LossSection:
+    """Loss weights (0 turns a term off), GAN kind and the VGG19 weights file for the perceptual loss."""
+
+    l1: float = 1.0
+    l2: float = 0.0
+    vgg: float = 0.0
+    gan: float = 1e-3
+    gp: float = 10.0
+    drift: float = 1e-3
+    gan_kind: str = "wgan-gp"
+    vgg_weights: str | None = None  # local safetensors file (torchvision key names); needed when vgg > 0
+    vgg_layer: str = "relu5_4"
+
+    def weights(self) -> LossWeights:
+        return LossWeights(l1=self.l1, l2=self.l2, vgg=self.vgg, gan=self.gan, gp=self.gp, drift=self.drift,
+                           gan_kind=self.gan_kind)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OptimiserSection:
+    """Adam for both networks, with separate learning rates."""
+
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class DegradationSection:
+    """How the LR patch is made from the HR one (Wald protocol): see :mod:`stacsr.train.degrade`."""
+
+    kind: str = "area"  # area | mtf
+    sigma: float = 1.5  # Gaussian blur (HR pixels) of the mtf kind
+    noise_std: float = 0.0  # additive noise on LR (reflectance × 10000)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorSection = field(default_factory=DiscriminatorSection)
+    losses: LossSection = field(default_factory=LossSection)
+    optimiser: OptimiserSection = field(default_factory=OptimiserSection)
+    degradation: DegradationSection = field(default_factory=DegradationSection)
+    steps: int = 100_000
+    pretrain_steps: int = 0
+    batch_size: int = 4  # per worker
+    ema: float = 0.999
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    preview_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    cache_dir: str | None = None  # decoded-patch cache every worker can reach (None: read remotely each epoch)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"config key {key}: {what}")
+
+        for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every"):
+            need(getattr(self, key) >= 1, key, f"must be ≥ 1, not {getattr(self, key)}")
+        need(self.pretrain_steps >= 0, "pretrain_steps", f"must be ≥ 0, not {self.pretrain_steps}")
+        need(0.0 <= self.ema < 1.0, "ema", f"the EMA decay must lie in [0, 1), not {self.ema}")
+        need(self.generator.scale in (2, 4, 8), "generator.scale", f"must be 2, 4 or 8, not {self.generator.scale}")
+        for key in ("bands", "features", "blocks", "head_kernel", "tail_kernel"):
+            need(getattr(self.generator, key) >= 1, f"generator.{key}", f"must be ≥ 1, not {getattr(self.generator, key)}")
+        need(self.generator.norm_scale > 0, "generator.norm_scale", "must be > 0")
+        need(self.discriminator.features >= 1, "discriminator.features", "must be ≥ 1")
+        need(self.discriminator.mbstd_group >= 0, "discriminator.mbstd_group", "must be ≥ 0")
+        L = self.losses
+        for key in ("l1", "l2", "vgg", "gan", "gp", "drift"):
+            need(getattr(L, key) >= 0, f"losses.{key}", f"must be ≥ 0, not {getattr(L, key)}")
+        need(L.gan_kind in GAN_KINDS, "losses.gan_kind", f"must be one of {', '.join(GAN_KINDS)}, not {L.gan_kind!r}")
+        need(L.vgg_layer in VGG19_LAYERS, "losses.vgg_layer", f"unknown VGG19 layer {L.vgg_layer!r}")
+        O = self.optimiser
+        need(O.lr_g > 0 and O.lr_d > 0, "optimiser.lr_g/lr_d", "learning rates must be > 0")
+        need(all(0 <= b < 1 for b in O.betas), "optimiser.betas", f"must lie in [0, 1), not {list(O.betas)}")
+        Dg = self.degradation
+        need(Dg.kind in ("area", "mtf"), "degradation.kind", f"must be area or mtf, not {Dg.kind!r}")
+        need(Dg.sigma > 0, "degradation.sigma", "must be > 0")
+        need(Dg.noise_std >= 0, "degradation.noise_std", "must be ≥ 0")
+
+    @property
+    def discriminator_config(self) -> DiscriminatorConfig:
+        return self.discriminator.config(self.generator)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["optimiser"]["betas"] = list(self.optimiser.betas)
+        return d
+
+
+# ------------------------------------------------------------------ loading and checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (str annotations resolved), or a ValueError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ValueError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"config key {key} must be a list of {len(args)} numbers, not {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key} must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {key} must be an integer, not {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key} must be a number, not {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key} must be a string, not {value!r}")
+        return value
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        return _dataclass(tp, value, key)
+    raise ValueError(f"config key {key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    where = prefix or "the configuration"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config key {where} must be a mapping of keys to values, not {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = [str(k) for k in data if k not in known]
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ValueError(f"unknown config key {name} (known{' in ' + prefix if prefix else ''}: "
+                         f"{', '.join(sorted(known))})")  # fmt: skip
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - all fields have defaults
+        raise ValueError(f"config {where}: {e}") from None
+
+
+def from_dict(data: Mapping[str, Any] | None) -> TrainConfig:
+    """A :class:`TrainConfig` from a (YAML-shaped) dict, checked key by key."""
+    return _dataclass(TrainConfig, data)
+
+
+def load_config(path: str | os.PathLike | None) -> TrainConfig:
+    """Read a YAML training configuration (``None``: all defaults). ValueError on any problem."""
+    if path is None:
+        return TrainConfig()
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read training config {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"training config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    try:
+        return from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"training config {path}: {e}") from None
+

@@ -1,0 +1,259 @@
+"""Export a training checkpoint as a model package plus its STAC MLM item (``stacsr export``).
+
+A checkpoint folder (a Ray Train checkpoint, local or ``s3://``) holds ``card.json`` (the
+:class:`~stacsr.model.package.ModelCard` of the generator being trained), ``generator_ema.safetensors``
+(the EMA generator weights: what gets exported), ``generator.safetensors``, ``discriminator.safetensors``
+and ``state.json`` (``{"step": int, …}``). A run folder ``<storage>/<name>`` holds ``checkpoint_*`` folders;
+the latest is the one with the highest ``state.json`` step (ties and unreadable states: the lexically
+last name).
+
+:func:`export` copies the three files it needs (card, EMA weights, state) to a local temporary folder,
+loads the weights with safetensors (never pickle) into a :class:`~stacsr.model.generator.Generator`
+built from the card, writes the package with :func:`stacsr.model.package.save` and ``item.json``
+(:func:`stacsr.model.mlm.mlm_item`, relative hrefs) beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stacsr.model.mlm import mlm_item, redact
+
+if TYPE_CHECKING:
+    from stacsr.model.package import ModelPackage
+
+CARD = "card.json"
+EMA = "generator_ema.safetensors"
+STATE = "state.json"
+CHECKPOINT_FILES = (CARD, EMA, "generator.safetensors", "discriminator.safetensors", STATE)
+CHECKPOINT_PREFIX = "checkpoint_"
+ITEM = "item.json"
+_STRIP = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers, should a state carry them
+
+
+class ExportError(ValueError):
+    """A run or checkpoint that cannot be exported (missing, empty, incomplete, inconsistent)."""
+
+
+def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: Any = None) -> "ModelPackage":
+    """Write the model package of a checkpoint (or of a run's latest checkpoint) to the local folder ``out``.
+
+    ``run_or_checkpoint`` is a local path or a URI pyarrow understands (``s3://bucket/runs/name``; S3
+    settings from the URI's query or the environment), unless a pyarrow ``filesystem`` is given. Returns the
+    :class:`~stacsr.model.package.ModelPackage` as loaded back from ``out``, whose card's provenance names
+    the checkpoint (without query string) and its step. Raises :class:`ExportError`.
+    """
+    from stacsr.model import package as M
+
+    source = os.fspath(run_or_checkpoint)
+    fs_, root = _filesystem(source, filesystem)
+    checkpoint = _find_checkpoint(fs_, root, source)
+    where = redact(_uri(source, root, checkpoint))
+    with tempfile.TemporaryDirectory(prefix="stacsr-export-") as tmp:
+        local = _copy_local(fs_, checkpoint, Path(tmp), where)
+        card_text = (local / CARD).read_bytes()
+        ema = (local / EMA).read_bytes()
+        state = _read_state(local / STATE, where)
+    card, generator = _build(card_text, ema, where)
+
+    step = state.get("step")
+    provenance = _redacted(dict(card.provenance or {}))  # no signed URL or key survives into the package
+    provenance.update(
+        checkpoint=where,
+        weights="generator_ema (exponential moving average of the generator)",
+        exported=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    )
+    if step is not None:
+        provenance["step"] = step
+        provenance["trained"] = bool(step)
+    card = replace(card, provenance=provenance)
+
+    out = Path(out)
+    try:
+        package = M.save(card, generator, out)
+    except OSError as e:
+        raise ExportError(f"cannot write the model package to {out}: {_one_line(e)}") from None
+    pairs = provenance.get("pairs")
+    metrics = {k: v for k, v in state.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    item = mlm_item(package, pairs=_relative_href(pairs, out) if pairs else None, metrics=metrics or None)
+    (out / ITEM).write_text(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2) + "\n")
+    return package
+
+
+# ------------------------------------------------------------------ locating the checkpoint
+
+
+def _filesystem(path: str, filesystem: Any = None) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    if filesystem is not None:
+        return filesystem, (path.split("://", 1)[1] if "://" in path else path).rstrip("/")
+    if "://" not in path:
+        return fs.LocalFileSystem(), os.path.abspath(path)
+    try:
+        fs_, root = fs.FileSystem.from_uri(path)
+    except Exception as e:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for bad URIs
+        raise ExportError(f"cannot open {redact(path)}: {_one_line(e)}") from None
+    return fs_, root.rstrip("/")
+
+
+def _uri(source: str, root: str, path: str) -> str:
+    """``path`` (found under ``root``) spelled like ``source`` was (keeps the scheme of a URI)."""
+    if "://" in source:
+        scheme = source.split("://", 1)[0]
+        return f"{scheme}://{path}"
+    return path
+
+
+def _info(fs_: Any, path: str, where: str):
+    try:
+        return fs_.get_file_info(path)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"cannot read {where}: {_one_line(e)}") from None
+
+
+def _list(fs_: Any, path: str, where: str) -> list:
+    from pyarrow import fs
+
+    try:
+        return fs_.get_file_info(fs.FileSelector(path, recursive=False))
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"cannot list {where}: {_one_line(e)}") from None
+
+
+def _find_checkpoint(fs_: Any, root: str, source: str) -> str:
+    """The checkpoint folder: ``root`` itself, or the latest ``checkpoint_*`` folder in it."""
+    from pyarrow import fs
+
+    where = redact(source)
+    info = _info(fs_, root, where)
+    if info.type == fs.FileType.NotFound:
+        raise ExportError(f"{where} does not exist (expected a run folder or a checkpoint folder)")
+    if info.type != fs.FileType.Directory:
+        raise ExportError(f"{where} is not a folder (expected a run folder or a checkpoint folder)")
+    entries = _list(fs_, root, where)
+    names = {e.base_name for e in entries if e.type == fs.FileType.File}
+    if names & set(CHECKPOINT_FILES):
+        return root  # a checkpoint folder (complete or not: _copy_local says what is missing)
+    checkpoints = [e.path for e in entries if e.type == fs.FileType.Directory and e.base_name.startswith(CHECKPOINT_PREFIX)]
+    if not checkpoints:
+        raise ExportError(f"{where} holds no checkpoint (no {CHECKPOINT_PREFIX}* folder, no {EMA})")
+    return max(checkpoints, key=lambda p: (_step(fs_, p), p.rstrip("/").rsplit("/", 1)[-1]))
+
+
+def _step(fs_: Any, checkpoint: str) -> float:
+    """The step saved in ``checkpoint``'s state.json; -inf when it cannot be read."""
+    try:
+        with fs_.open_input_stream(f"{checkpoint}/{STATE}") as f:
+            step = json.loads(f.read().decode("utf-8")).get("step")
+        return float(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else float("-inf")
+    except Exception:  # noqa: BLE001 — any unreadable state ranks last
+        return float("-inf")
+
+
+def _copy_local(fs_: Any, checkpoint: str, folder: Path, where: str) -> Path:
+    """Copy card, EMA weights and state (when present) of ``checkpoint`` into ``folder``."""
+    from pyarrow import fs
+
+    for name in (CARD, EMA, STATE):
+        src = f"{checkpoint.rstrip('/')}/{name}"
+        if _info(fs_, src, where).type != fs.FileType.File:
+            if name == STATE:
+                continue
+            what = "the EMA generator weights" if name == EMA else "the model card"
+            raise ExportError(f"checkpoint {where} has no {name} ({what})")
+        try:
+            with fs_.open_input_stream(src) as f_in, open(folder / name, "wb") as f_out:
+                while chunk := f_in.read(1 << 22):
+                    f_out.write(chunk)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"cannot copy {name} of checkpoint {where}: {_one_line(e)}") from None
+    return folder
+
+
+def _read_state(path: Path, where: str) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{STATE} of checkpoint {where} is not valid JSON: {e}") from None
+    if not isinstance(state, dict):
+        raise ExportError(f"{STATE} of checkpoint {where} is not a JSON object")
+    return state
+
+
+# ------------------------------------------------------------------ building the package
+
+
+def _build(card_text: bytes, ema: bytes, where: str):
+    """(card, generator with the EMA weights) from the checkpoint's files; ExportError when they disagree."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    from stacsr.model import package as M
+    from stacsr.model.generator import Generator
+
+    try:
+        card = M.ModelCard.from_dict(json.loads(card_text))
+        config = card.config
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{CARD} of checkpoint {where} is not valid JSON: {e}") from None
+    except (M.ModelError, TypeError, ValueError) as e:
+        raise ExportError(f"{CARD} of checkpoint {where} is not a model card: {_one_line(e)}") from None
+    if len(card.bands) != config.bands or len(card.common_names) != len(card.bands):
+        raise ExportError(
+            f"{CARD} of checkpoint {where} lists {len(card.bands)} bands ({', '.join(card.bands)}) "
+            f"but its network takes {config.bands}"
+        )
+    try:
+        state = load_safetensors(ema)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"{EMA} of checkpoint {where} is not a safetensors file ({_one_line(e)})") from None
+    state = {_strip(k): v for k, v in state.items()}
+    try:
+        generator = Generator(config)
+        M._load_state(generator, state, f"checkpoint {where}")
+    except (M.ModelError, ValueError, RuntimeError) as e:
+        raise ExportError(f"{EMA} does not match {CARD}: {_one_line(e)}") from None
+    return card, generator.eval()
+
+
+def _redacted(value: Any) -> Any:
+    """A JSON value with every URL-like string's query string (signatures, keys) removed."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return redact(value)
+    return value
+
+
+def _strip(key: str) -> str:
+    for prefix in _STRIP:
+        while key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def _relative_href(pairs: str, out: Path) -> str:
+    """A URI as is; a local path relative to ``out`` (item.json stays free of absolute paths)."""
+    pairs = str(pairs)
+    if "://" in pairs:
+        return pairs
+    try:
+        return Path(os.path.relpath(os.path.abspath(pairs), os.path.abspath(out))).as_posix()
+    except ValueError:  # another drive (Windows)
+        return Path(pairs).name
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,273 @@
+"""The per-worker training loop of the SRGAN (Ray Train V2): :func:`train_loop_per_worker`.
+
+Every worker builds the same generator G (seeded), an EMA copy of G, the MSG-GAN discriminator D and one Adam
+per network, wraps G and D for data-parallel training (``ray.train.torch.prepare_model``: DDP, gloo on CPU,
+NCCL on GPU; bf16 autocast on GPU only), and reads its shard of the ``"train"`` dataset epoch after epoch until
+``steps`` optimiser steps are done. Every worker does exactly the same number of steps (the shards are equal),
+so the collective calls (DDP all-reduce, ``ray.train.report``, a barrier) line up.
+
+A step: ``pretrain`` phase (``step < pretrain_steps``): G on the content loss only (L1/L2/VGG on every scale of
+the pyramid). ``gan`` phase: one D step (``discriminator_loss``: WGAN-GP with penalty and drift, LSGAN or
+RaGAN) on the real pyramid and the detached fake one, then one G step on content + ``gan`` × adversarial loss
+(through the unwrapped D, whose parameters are frozen for that step). Then the EMA of G is updated.
+
+Resuming: ``ray.train.get_checkpoint()`` (Ray gives the run's latest when the same name and storage are used
+again) restores G, EMA, D, both optimisers and the step counter, which continues exactly from the saved step;
+a run whose ``steps`` are already reached does no training. Every ``checkpoint_every`` steps (and at the last
+step) all workers call ``ray.train.report`` (a barrier); rank 0 writes the checkpoint folder
+(:mod:`stacsr.train.checkpoint`) into a temporary directory that Ray uploads, the others pass ``None``.
+
+TensorBoard (rank 0 only) goes to ``<storage>/<name>/tensorboard``. For a remote storage (``s3://…``) the
+event files are written to a local temporary folder on rank 0's node and copied to
+``<storage>/<name>/tensorboard`` at every checkpoint and at the end (a run that is killed loses at most the
+events since its last checkpoint). Tags: ``loss/<term>`` (l1, l2, vgg, content, adv, g_total, d_loss, gp,
+drift, wasserstein, d_real, d_fake), ``lr/generator``, ``lr/discriminator``, and the image
+``preview/lr_sr_hr`` (LR nearest-upsampled | SR of the EMA generator | HR, RGB = B04, B03, B02, 2–98 % stretch
+of the HR patch per channel) every ``preview_every`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from contextlib import nullcontext
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from stacsr.model import losses as L
+from stacsr.model.discriminator import Discriminator
+from stacsr.model.generator import Generator
+from stacsr.model.package import ModelCard, from_bytes
+from stacsr.train import checkpoint as C
+from stacsr.train.config import TrainConfig, from_dict
+
+TB_FOLDER = "tensorboard"
+PREVIEW_TAG = "preview/lr_sr_hr"
+RGB_BANDS = ("B04", "B03", "B02")
+
+
+class PyramidG(nn.Module):
+    """G whose ``forward`` is ``forward_pyramid``: DDP only synchronises what goes through ``forward``."""
+
+    def __init__(self, g: Generator) -> None:
+        super().__init__()
+        self.g = g
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.g.forward_pyramid(x)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DDP (and inside :class:`PyramidG`)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "g", model)
+
+
+# ------------------------------------------------------------------ previews
+
+
+def rgb_indices(bands: Sequence[str]) -> list[int]:
+    """Indices of B04, B03, B02 (red, green, blue) in ``bands``; else the first three reversed, else band 0."""
+    if all(b in bands for b in RGB_BANDS):
+        return [list(bands).index(b) for b in RGB_BANDS]
+    return [2, 1, 0] if len(bands) >= 3 else [0, 0, 0]
+
+
+def preview_image(lr: Tensor, sr: Tensor, hr: Tensor, bands: Sequence[str]) -> np.ndarray:
+    """``(3, H, 3W)`` float32 in [0, 1]: LR (nearest) | SR | HR of one sample ``(bands, …)``, RGB, the 2–98 %
+    range of the HR patch (per channel) stretched to [0, 1] on all three panels."""
+    idx = rgb_indices(bands)
+    size = hr.shape[-2:]
+    lr_up = F.interpolate(lr[None].float(), size=tuple(size), mode="nearest")[0]
+    panels = [t.detach().float().cpu().numpy()[idx] for t in (lr_up, sr, hr)]
+    ref = panels[2].reshape(3, -1)
+    lo, hi = np.percentile(ref, 2, axis=1), np.percentile(ref, 98, axis=1)
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    out = [np.clip((p - lo[:, None, None]) / scale[:, None, None], 0, 1) for p in panels]
+    return np.concatenate(out, axis=2).astype(np.float32)
+
+
+# ------------------------------------------------------------------ TensorBoard
+
+
+class Board:
+    """Rank 0's SummaryWriter; with a remote storage, a local folder mirrored to the storage on :meth:`sync`."""
+
+    def __init__(self, storage: str, name: str, filesystem: Any = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.remote = None
+        if "://" in storage:
+            from stacsr.train.checkpoint import storage_fs
+
+            fs_, root, _ = storage_fs(storage, filesystem)
+            self.remote = (fs_, f"{root}/{name}/{TB_FOLDER}")
+            self.folder = tempfile.mkdtemp(prefix="stacsr-tb-")
+        else:
+            self.folder = os.path.join(storage, name, TB_FOLDER)
+        self.writer = SummaryWriter(self.folder)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        self.writer.add_image(tag, image, step, dataformats="CHW")
+
+    def sync(self) -> None:
+        self.writer.flush()
+        if self.remote is not None:
+            from pyarrow import fs
+
+            fs_, target = self.remote
+            fs_.create_dir(target, recursive=True)
+            fs.copy_files(self.folder, target, source_filesystem=fs.LocalFileSystem(), destination_filesystem=fs_)
+
+    def close(self) -> None:
+        self.sync()
+        self.writer.close()
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _batches(shard: Any, batch_size: int, rank: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(lr, hr)`` float32 batches of the worker's shard, epoch after epoch, forever."""
+    epoch = 0
+    while True:
+        n = 0
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, dtypes=torch.float32):
+            n += 1
+            yield batch["lr"], batch["hr"]
+        if n == 0:
+            raise ValueError(f"worker {rank} got no full batch of {batch_size} pairs in epoch {epoch}: "
+                             "the manifest has too few pairs for this batch size and number of workers")  # fmt: skip
+        epoch += 1
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _floats(d: dict[str, Tensor | float]) -> dict[str, float]:
+    return {k: float(v.detach().float().item() if isinstance(v, Tensor) else v) for k, v in d.items()}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function. ``loop_config`` (built by :func:`stacsr.train.trainer.train`):
+
+    ``config`` (TrainConfig dict), ``card`` (ModelCard dict of the generator being trained), ``storage``,
+    ``name``, ``storage_filesystem`` (pyarrow, or None), ``init_weights`` (safetensors bytes of a package's
+    generator, or None: used only when the run has no checkpoint yet).
+    """
+    import ray.train
+    import ray.train.torch
+
+    config: TrainConfig = from_dict(loop_config["config"])
+    card = ModelCard.from_dict(loop_config["card"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    weights = config.losses.weights()
+    norm = config.generator.norm_scale
+    levels = config.generator.n_upsample + 1
+
+    torch.manual_seed(config.seed)  # every worker starts from the same networks
+    G = Generator(config.generator)
+    D = Discriminator(config.discriminator_config)
+    if loop_config.get("init_weights") is not None:
+        package = from_bytes(loop_config["init_card"], loop_config["init_weights"], source="--init-from")
+        G.load_state_dict(package.generator.state_dict())
+    G.to(device)
+    D.to(device)
+    ema = copy.deepcopy(G).requires_grad_(False).eval()
+    O = config.optimiser
+    opt_g = torch.optim.Adam(G.parameters(), lr=O.lr_g, betas=O.betas, eps=O.eps)
+    opt_d = torch.optim.Adam(D.parameters(), lr=O.lr_d, betas=O.betas, eps=O.eps)
+
+    start = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            start = C.load_checkpoint(folder, generator=G, generator_ema=ema, discriminator=D,
+                                      optimizer_g=opt_g, optimizer_d=opt_d).step  # fmt: skip
+    if start >= config.steps:
+        return  # already trained this far: nothing to do (no report, no new checkpoint)
+
+    vgg = L.perceptual_network(weights, config.losses.vgg_weights, config.losses.vgg_layer)
+    if vgg is not None:
+        vgg.to(device)
+    Gp = ray.train.torch.prepare_model(PyramidG(G))
+    Dp = ray.train.torch.prepare_model(D)
+    torch.manual_seed(config.seed * 7919 + 1000 * rank + start)  # GP mixing, per worker and session
+
+    board = Board(loop_config["storage"], loop_config["name"], loop_config.get("storage_filesystem")) if rank == 0 else None
+    shard = ray.train.get_dataset_shard("train")
+    step = start
+    extra = {"discriminator": config.discriminator_config.to_dict(), "config": config.to_dict(), "world_size": world}
+    try:
+        for lr, hr in _batches(shard, config.batch_size, rank):
+            lr, hr = lr.to(device), hr.to(device)
+            phase = C.PHASE_PRETRAIN if step < config.pretrain_steps else C.PHASE_GAN
+            hr_pyr = L.hr_pyramid(hr, levels)
+            with amp:
+                sr_pyr = [y.float() for y in Gp(lr)]
+            metrics: dict[str, Tensor | float] = {}
+            gan = phase == C.PHASE_GAN and weights.gan > 0
+            if gan:
+                opt_d.zero_grad(set_to_none=True)
+                with amp:
+                    d_terms = L.discriminator_loss(weights.gan_kind, Dp, hr_pyr, sr_pyr, weights.gp, weights.drift, norm)
+                d_terms["d_loss"].float().backward()
+                opt_d.step()
+                metrics.update(d_terms)
+            opt_g.zero_grad(set_to_none=True)
+            with amp:
+                terms = L.content_losses(sr_pyr, hr_pyr, weights, vgg, norm)
+                g_total = terms["content"]
+                if gan:
+                    D.requires_grad_(False)  # the raw D: its gradients are not wanted, DDP not involved
+                    adv = L.generator_adv_loss(weights.gan_kind, D, hr_pyr, sr_pyr)
+                    D.requires_grad_(True)
+                    g_total = g_total + weights.gan * adv
+                    metrics["adv"] = adv
+            g_total.float().backward()
+            opt_g.step()
+            ema_update(ema, G, config.ema)
+            step += 1
+            metrics.update(terms, g_total=g_total)
+
+            if board is not None and (step % config.log_every == 0 or step == config.steps or step == start + 1):
+                board.scalars({f"loss/{k}": v for k, v in _floats(metrics).items()}, step)
+                board.scalars({"lr/generator": opt_g.param_groups[0]["lr"],
+                               "lr/discriminator": opt_d.param_groups[0]["lr"]}, step)  # fmt: skip
+            if board is not None and (step % config.preview_every == 0 or step == config.steps):
+                with torch.no_grad():
+                    sr = ema(lr[:1].float())[0]
+                board.image(PREVIEW_TAG, preview_image(lr[0], sr, hr[0], card.bands), step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                report = {"step": step, "phase": phase, **_floats(metrics)}
+                if rank == 0:
+                    board.sync()
+                    with tempfile.TemporaryDirectory(prefix="stacsr-ckpt-") as folder:
+                        C.save_checkpoint(folder, card=card, generator=G, generator_ema=ema, discriminator=D,
+                                          optimizer_g=opt_g, optimizer_d=opt_d, step=step, phase=phase,
+                                          extra=extra)  # fmt: skip
+                        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                else:
+                    ray.train.report(report, checkpoint=None)
+            if step >= config.steps:
+                break
+    finally:
+        if board is not None:
+            board.close()
