@@ -205,7 +205,7 @@ def demo(
 def pairs(
     bbox: tuple[float, float, float, float] = BBoxOpt,
     out_path: str = typer.Option(..., "--out", help="Manifest to write: a .parquet path or s3://bucket/key."),
-    kind: str = typer.Option("wald", "--kind", help="wald (Sentinel-2 alone; cross-sensor is not available yet)."),
+    kind: str = typer.Option("wald", "--kind", help="wald (Sentinel-2 alone) or cross-sensor (S2 as LR, --hr-collection as HR)."),
     patches: int = typer.Option(1000, "--patches", min=1, help="Patches to sample, spread over the items."),
     patch_size: int = typer.Option(128, "--patch-size", min=4, help="HR patch side on the 10 m grid (pixels)."),
     scale: int = typer.Option(4, "--scale", help="Super-resolution factor the LR patches are degraded by."),
@@ -214,16 +214,25 @@ def pairs(
     datetime: Optional[str] = DatetimeOpt, max_cloud: Optional[float] = CloudOpt, catalog: str = CatalogOpt,
     collection: Optional[str] = CollectionOpt, bands: Optional[str] = BandsOpt, stac_url: Optional[str] = StacUrlOpt,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most items sampled from."),
+    hr_collection: str = typer.Option("naip", "--hr-collection", help="cross-sensor: the HR collection (NAIP-like: asset 'image', bands R,G,B,NIR)."),
+    hr_stac_url: Optional[str] = typer.Option(None, "--hr-stac-url", help="cross-sensor: STAC API of the HR collection (default: the same API)."),
+    max_days: float = typer.Option(30, "--max-days", min=0, help="cross-sensor: most days between the S2 and HR acquisitions."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="cross-sensor: fit HR to S2 per patch and band (gain, offset)."),
 ) -> None:  # fmt: skip
     """Build a training manifest of patch windows (GeoParquet) from a STAC search."""
     from stacsr.train import pairs as P
 
     with errors():
-        if kind != "wald":
-            fail(f"pair kind {kind!r} is not available yet; use --kind wald")
+        if kind not in ("wald", "cross-sensor"):
+            fail(f"pair kind {kind!r} is not available yet; use --kind wald or cross-sensor")
         preset = _preset(catalog, collection, bands, stac_url)
         items = _find(preset, bbox, datetime, max_cloud, limit, False)
-        table = P.build_wald_manifest(items, preset, bbox, patches, patch_size, scale, seed, min_valid)
+        if kind == "wald":
+            table = P.build_wald_manifest(items, preset, bbox, patches, patch_size, scale, seed, min_valid)
+        else:
+            hr_items = P.search_hr_items(hr_stac_url or preset.url, hr_collection, bbox, items, max_days)
+            table = P.build_cross_sensor_manifest(items, hr_items, preset, None, bbox, patches, patch_size, scale,
+                                                  max_days, seed, min_valid, calibrate=calibrate)  # fmt: skip
         P.write_manifest(table, out_path)
         console.print(f"{table.num_rows} patches from {len(set(table.column('item_id').to_pylist()))} items → {out_path}")
 

@@ -41,7 +41,7 @@ def test_pairs_writes_a_wald_manifest(pgstac, es_scenes, tmp_path):
 
 def test_pairs_refuses_unknown_kind_and_writes_nothing(tmp_path):
     out = tmp_path / "pairs.parquet"
-    r = cli("pairs", "--kind", "cross-sensor", "--bbox", *AOI, "--out", out)
+    r = cli("pairs", "--kind", "spot", "--bbox", *AOI, "--out", out)
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines() == ["error: pair kind 'cross-sensor' is not available yet; use --kind wald"]
+    assert r.stderr.strip().splitlines() == ["error: pair kind 'spot' is not available yet; use --kind wald or cross-sensor"]
     assert not out.exists()

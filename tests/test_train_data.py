@@ -194,8 +194,8 @@ def test_band_mismatch_and_bad_rows(setup, rows):
         T.check_pair(np.zeros((3, 8, 8)), np.zeros((4, 32, 32)), rows[0])
     with pytest.raises(P.PairsError, match="do not match the grids"):
         T.check_pair(np.zeros((4, 16, 16)), np.zeros((4, 32, 32)), rows[0])
-    with pytest.raises(P.PairsError, match="unsupported kind 'cross-sensor'"):
-        T.read_pair(dict(rows[0], kind="cross-sensor"), preset)
+    with pytest.raises(P.PairsError, match="unsupported kind 'spot'"):
+        T.read_pair(dict(rows[0], kind="spot"), preset)
     with pytest.raises(P.PairsError, match="unknown degradation"):
         T.read_pair(rows[0], preset, "bicubic")
     shifted = dict(rows[0], transform=[10.0, 0.0, rows[0]["transform"][2] + 5, 0.0, -10.0, rows[0]["transform"][5]])

@@ -9,9 +9,13 @@ The optional cache folder keeps each decoded HR patch (uint16 ``.npz`` named aft
 its source) so that later epochs or runs read nothing remotely; degradation and noise are applied after the
 cache, so they may change between runs.
 
-Kinds: :data:`READERS` maps a manifest ``kind`` to its reader; ``wald`` is built in. A cross-sensor reader
-(LR from Sentinel-2, HR from another collection resampled onto the S2 grid ÷ scale) registers itself there
-and goes through the same :func:`check_pair`.
+Kinds: :data:`READERS` maps a manifest ``kind`` to its reader; ``wald`` and ``cross-sensor`` are built in.
+The cross-sensor reader (:func:`read_cross_sensor_pair`) reads the S2 window as LR (radiometry applied, as the
+Wald reader reads its HR) and the HR raster through a GDAL warped VRT onto the LR grid zoomed in ×scale (same
+origin), from the HR's own CRS, with average resampling when the HR pixels are finer than the target (bilinear
+otherwise), then scales its DNs to reflectance × 10000 and, when the row says ``calibrate``, fits gain and
+offset per band so that the area mean of HR matches LR (least squares over pixels valid in both, as SR4RS
+did with Spot). Both go through the same :func:`check_pair`; the cache keeps both LR and HR.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ from rasterio.windows import Window as RioWindow
 
 from stacsr.catalog.presets import Preset
 from stacsr.catalog.radiometry import Radiometry
-from stacsr.io.grid import GeoBox, Window
+from stacsr.io.grid import GeoBox, Window, zoom_in
 from stacsr.io.read import GDAL_ENV, ReadError, first_line, redact
 from stacsr.train import degrade as D
-from stacsr.train.pairs import KIND_WALD, PairsError, read_manifest
+from stacsr.train.pairs import HR_COLUMNS, KIND_CROSS_SENSOR, KIND_WALD, PairsError, read_manifest
 
 Reader = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -74,13 +78,17 @@ def read_window(href: str, window: Window, asset: str = "", transform: Affine | 
 
 
 def pair_grids(row: Mapping[str, Any]) -> tuple[GeoBox, GeoBox]:
-    """``(lr_grid, hr_grid)`` of a manifest row: the HR window on the item's 10 m grid and the same footprint
-    with pixels ``scale`` times larger."""
+    """``(lr_grid, hr_grid)`` of a manifest row. ``wald``: the HR window on the item's 10 m grid and the same
+    footprint with pixels ``scale`` times larger. ``cross-sensor``: the LR window (``size / scale`` pixels) on
+    the S2 item's 10 m grid and that grid zoomed in ×``scale`` (same origin)."""
     size, scale = int(row["size"]), int(row["scale"])
     if scale < 1 or size % scale:
         raise PairsError(f"pair {row['id']}: size {size} is not a multiple of the scale {scale}")
     hr_affine = Affine(*row["transform"][:6]) * Affine.translation(int(row["col"]), int(row["row"]))
     crs = f"EPSG:{int(row['epsg'])}"
+    if row.get("kind") == KIND_CROSS_SENSOR:
+        lr = GeoBox((size // scale, size // scale), hr_affine, crs)  # the affine of the window's origin
+        return lr, zoom_in(lr, scale)
     hr = GeoBox((size, size), hr_affine, crs)
     lr = GeoBox((size // scale, size // scale), hr_affine * Affine.scale(scale), crs)
     return lr, hr
@@ -156,12 +164,12 @@ def read_hr(row: Mapping[str, Any], preset: Preset, cache_dir: str | os.PathLike
     return hr
 
 
-def _save(path: Path, hr: np.ndarray) -> None:
+def _save(path: Path, hr: np.ndarray, **more: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, hr=hr)
+            np.savez(f, hr=hr, **more)
         os.replace(tmp, path)  # atomic: workers sharing the folder never see half a file
     finally:
         if os.path.exists(tmp):
@@ -177,7 +185,141 @@ def read_wald_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "a
     return lr, hr
 
 
-READERS: dict[str, Reader] = {KIND_WALD: read_wald_pair}
+# ------------------------------------------------------------------ cross-sensor
+
+
+def _s2_window(row: Mapping[str, Any], preset: Preset, lr_grid: GeoBox, listed: Sequence[str],
+               hrefs: Mapping[str, str]) -> np.ndarray:  # fmt: skip
+    """The S2 LR window as reflectance × 10000 float32 ``(bands, n, n)``, 0 = nodata."""
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": row["item_id"], "collection": row.get("collection"),
+            "geometry": None, "properties": {}, "links": [],
+            "assets": {b: {"href": h} for b, h in hrefs.items()}}  # fmt: skip
+    signed = preset.sign(item)
+    n = int(lr_grid.shape.y)
+    window = Window(int(row["row"]), int(row["col"]), n, n)
+    radio = json.loads(row["radiometry"])
+    layers = []
+    for b in listed:
+        dn = read_window(signed["assets"][b]["href"], window, asset=f"{b} of item {row['item_id']}",
+                         transform=lr_grid.affine, epsg=int(row["epsg"]))  # fmt: skip
+        layers.append(Radiometry(*radio[b]).to_uint16(dn))
+    return np.stack(layers).astype(np.float32)
+
+
+def read_hr_warped(row: Mapping[str, Any], preset: Preset, hr_grid: GeoBox, listed: Sequence[str]) -> np.ndarray:
+    """The row's HR raster resampled onto ``hr_grid`` (warped VRT from its own CRS: only the blocks needed are
+    fetched) as reflectance × 10000 float32 ``(bands, size, size)``; 0 = nodata (outside the raster, or DN 0
+    when the raster declares no nodata)."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    missing = [c for c in HR_COLUMNS if row.get(c) is None and c != "hr_datetime"]
+    if missing:
+        raise PairsError(f"pair {row.get('id')}: cross-sensor row without HR source column(s) {', '.join(missing)}")
+    band_map, hrefs = json.loads(row["hr_bands"]), json.loads(row["hr_hrefs"])
+    radio = json.loads(row["hr_radiometry"])
+    absent = [b for b in listed if b not in band_map or b not in radio or band_map[b][0] not in hrefs]
+    if absent:
+        raise PairsError(f"pair {row['id']}: band mismatch: no HR source for band(s) {', '.join(absent)}")
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": row["hr_item_id"], "collection": row.get("hr_collection"),
+            "geometry": None, "properties": {}, "links": [],
+            "assets": {a: {"href": h} for a, h in hrefs.items()}}  # fmt: skip
+    signed = preset.sign(item)  # at read time: fresh tokens
+    rows_, cols_ = hr_grid.shape.yx
+    out = np.zeros((len(listed), rows_, cols_), dtype=np.float32)
+    for asset in sorted({band_map[b][0] for b in listed}):
+        href = signed["assets"][asset]["href"]
+        which = [(i, int(band_map[b][1])) for i, b in enumerate(listed) if band_map[b][0] == asset]
+        name = f"HR {asset} of item {row['hr_item_id']} ({redact(href)})"
+        try:
+            with rasterio.Env(**GDAL_ENV), rasterio.open(href) as src:
+                if src.crs is None:
+                    raise PairsError(f"{name} has no CRS")
+                bad = [k for _, k in which if not 1 <= k <= src.count]
+                if bad:
+                    raise PairsError(f"{name} has {src.count} band(s), not band {bad[0]}")
+                finer = _native_res_m(src) < abs(hr_grid.affine.a)  # target grids are projected (S2: metres)
+                nodata = src.nodata if src.nodata is not None else 0
+                with WarpedVRT(src, crs=str(hr_grid.crs), transform=hr_grid.affine, width=cols_, height=rows_,
+                               resampling=Resampling.average if finer else Resampling.bilinear,
+                               src_nodata=nodata, nodata=0, dtype="float32") as vrt:  # fmt: skip
+                    data = vrt.read([k for _, k in which])
+        except RasterioError as e:
+            raise ReadError(f"cannot read {name}: {first_line(e)}") from None
+        for (i, _), layer in zip(which, data):
+            scale, offset = radio[listed[i]]
+            value = np.clip((layer * scale + offset) * 10000.0, 1.0, 65535.0)
+            out[i] = np.where(layer != 0, value, 0.0)
+    return out
+
+
+def _native_res_m(src: Any) -> float:
+    """Pixel size of a projected raster in metres (geographic rasters: degrees × 111 km)."""
+    res = abs(src.res[0])
+    return res * 111_000.0 if src.crs.is_geographic else res * float(src.crs.linear_units_factor[1])
+
+
+def calibrate(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hr calibrated, gains, offsets)``: per band, least squares ``lr ≈ gain · area_mean(hr) + offset`` over
+    pixels valid in both (LR ≠ 0 and all of the HR block ≠ 0), then ``gain · hr + offset`` on valid HR pixels
+    (clipped to [1, 65535], so it never turns into nodata). Fewer than 2 valid pixels or a flat HR: the gain
+    is the ratio of the means (offset 0), or 1 when nothing is valid."""
+    hrm = D.area(hr, scale)
+    out = hr.copy()
+    gains, offsets = np.ones(len(hr)), np.zeros(len(hr))
+    for b in range(len(hr)):
+        ok = (lr[b] != 0) & (hrm[b] != 0)
+        x, y = hrm[b][ok].astype(np.float64), lr[b][ok].astype(np.float64)
+        if x.size >= 2 and x.var() > 1e-6:
+            gains[b], offsets[b] = np.polyfit(x, y, 1)
+        elif x.size and x.mean() > 0:
+            gains[b] = y.mean() / x.mean()
+        valid = hr[b] != 0
+        out[b] = np.where(valid, np.clip(gains[b] * hr[b] + offsets[b], 1.0, 65535.0), 0.0)
+    return out, gains, offsets
+
+
+def _cross_cache_path(cache_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
+    source = json.dumps([row["hrefs"], row["radiometry"], row["hr_hrefs"], row["hr_bands"], row["hr_radiometry"],
+                         bool(row["calibrate"]), int(row["row"]), int(row["col"]), int(row["size"]), int(row["scale"])])  # fmt: skip
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(row["id"]))
+    return Path(cache_dir) / f"{safe}-{digest}.npz"
+
+
+def read_cross_sensor_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "area", noise_std: float = 0.0,
+                           *, sigma: float = D.DEFAULT_SIGMA, rng: np.random.Generator | None = None,
+                           bands: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
+                           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(lr, hr)`` of a cross-sensor row: LR the S2 window, HR the other sensor on the zoomed grid (see the
+    module). ``degradation``/``sigma`` do not apply (the LR is real); ``noise_std`` still adds noise to LR."""
+    listed, hrefs = row_bands(row, bands)
+    lr_grid, hr_grid = pair_grids(row)
+    scale = int(row["scale"])
+    path = _cross_cache_path(cache_dir, row) if cache_dir is not None else None
+    lr = hr = None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as f:
+                lr, hr = f["lr"], f["hr"]
+            if lr.shape[1:] != tuple(lr_grid.shape.yx) or hr.shape[1:] != tuple(hr_grid.shape.yx):
+                lr = hr = None
+        except (OSError, ValueError, KeyError):
+            lr = hr = None
+    if lr is None or hr is None:
+        lr = _s2_window(row, preset, lr_grid, listed, hrefs)
+        hr = read_hr_warped(row, preset, hr_grid, listed)
+        if row.get("calibrate"):
+            hr = calibrate(lr, hr, scale)[0]
+        if path is not None:
+            _save(path, hr.astype(np.float32), lr=lr.astype(np.float32))
+    lr, hr = lr.astype(np.float32), hr.astype(np.float32)
+    if noise_std:
+        lr = D.noise(lr, noise_std, rng)
+    return lr, hr
+
+
+READERS: dict[str, Reader] = {KIND_WALD: read_wald_pair, KIND_CROSS_SENSOR: read_cross_sensor_pair}
 
 
 def read_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "area", noise_std: float = 0.0, *,

@@ -14,8 +14,19 @@ Columns (:data:`COLUMNS`): ``id``, ``kind``, ``item_id``, ``collection``, ``date
 (0 for ``wald``) and ``geometry`` (WKB lon/lat polygon of the window's footprint). The file carries
 GeoParquet ``geo`` metadata (WKB, OGC:CRS84) and ``stacsr:pairs`` metadata (kind, sizes, bands, seed).
 
-Other kinds plug in here with their own builder producing the same columns (a cross-sensor builder would
-fill ``date_gap_days`` and add its HR source columns) and a reader registered in
+Cross-sensor (``kind="cross-sensor"``, :func:`build_cross_sensor_manifest`): Sentinel-2 10 m is the LR and a
+co-located higher-resolution STAC collection (default NAIP on Planetary Computer) the HR, acquired within
+``max_days`` of the S2 item. The LR window is ``size / scale`` pixels at (``row``, ``col``) of the S2 item's
+10 m grid; the HR grid is that window zoomed in ×``scale`` (:func:`stacsr.io.grid.zoom_in`: same CRS, same
+origin), onto which the HR raster is resampled from its own CRS when read. ``size`` is thus the HR patch side
+for both kinds (the model always sees ``size`` HR and ``size / scale`` LR pixels). Such manifests carry the
+same columns plus :data:`HR_COLUMNS` (:data:`CROSS_SENSOR_SCHEMA`): ``hr_item_id``, ``hr_collection``,
+``hr_datetime``, ``hr_epsg``, ``hr_hrefs`` (JSON ``{asset: href}``, unsigned), ``hr_bands`` (JSON
+``{band: [asset, 1-based band index]}``), ``hr_radiometry`` (JSON ``{band: [scale, offset]}``, DN →
+reflectance) and ``calibrate`` (fit HR to S2 per patch when read); ``date_gap_days`` is ``|HR − S2|`` in days.
+Wald manifests keep exactly :data:`SCHEMA`, and :data:`COLUMNS` (what every manifest must have) is unchanged.
+
+Other kinds plug in here with their own builder producing the same columns and a reader registered in
 :data:`stacsr.train.data.READERS`.
 """
 
@@ -28,7 +39,7 @@ import uuid
 import warnings
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -71,6 +82,27 @@ SCHEMA = pa.schema([
     ("geometry", pa.binary()),
 ])  # fmt: skip
 COLUMNS = tuple(SCHEMA.names)
+
+KIND_CROSS_SENSOR = "cross-sensor"
+# NAIP on Planetary Computer: one asset "image" with 4 uint8 bands in the order R, G, B, NIR (0.6 m, UTM).
+# Model band -> (asset key, 1-based band index of that asset).
+NAIP_BAND_MAP: dict[str, tuple[str, int]] = {"B02": ("image", 3), "B03": ("image", 2), "B04": ("image", 1),
+                                             "B08": ("image", 4)}  # fmt: skip
+# NAIP DN 0–255 are not reflectances: a simple linear scale, reflectance = DN / 255 (so ×10000 at read time),
+# DN 0 = nodata. Per-patch calibration (``calibrate``) then fits gain and offset to Sentinel-2 per band.
+NAIP_RADIOMETRY = (1 / 255, 0.0)
+HR_FIELDS = [
+    ("hr_item_id", pa.string()),
+    ("hr_collection", pa.string()),
+    ("hr_datetime", pa.timestamp("us", tz="UTC")),
+    ("hr_epsg", pa.int32()),
+    ("hr_hrefs", pa.string()),
+    ("hr_bands", pa.string()),
+    ("hr_radiometry", pa.string()),
+    ("calibrate", pa.bool_()),
+]  # fmt: skip
+HR_COLUMNS = tuple(name for name, _ in HR_FIELDS)
+CROSS_SENSOR_SCHEMA = pa.schema(list(SCHEMA) + [pa.field(n, t) for n, t in HR_FIELDS])
 
 
 class PairsError(ValueError):
@@ -334,6 +366,200 @@ def manifest_metadata(table: pa.Table) -> dict[str, Any]:
     """The ``stacsr:pairs`` metadata of a manifest (``{}`` when absent)."""
     raw = (table.schema.metadata or {}).get(META_KEY)
     return json.loads(raw) if raw else {}
+
+
+# ------------------------------------------------------------------ cross-sensor
+
+
+def hr_band_map_of(text: str | Mapping[str, Any] | None) -> dict[str, tuple[str, int]]:
+    """An HR band map: ``None`` → :data:`NAIP_BAND_MAP`; a mapping ``{band: (asset, index)}``; or text
+    ``"B02=image:3,B03=image:2,…"``. Band indexes are 1-based."""
+    if text is None:
+        return dict(NAIP_BAND_MAP)
+    if isinstance(text, str):
+        parsed: dict[str, Any] = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            band, _, spec = part.partition("=")
+            asset, _, index = spec.partition(":")
+            if not band.strip() or not asset.strip() or not index.strip().isdigit():
+                raise PairsError(f"HR band map {text!r} is not of the form B02=image:3,B03=image:2,…")
+            parsed[band.strip()] = (asset.strip(), int(index))
+        text = parsed
+    out = {str(b): (str(v[0]), int(v[1])) for b, v in dict(text).items()}
+    bad = [b for b, (_, i) in out.items() if i < 1]
+    if not out or bad:
+        raise PairsError(f"HR band map {out} needs 1-based band indexes (bad: {', '.join(bad)})")
+    return out
+
+
+def _gap_days(a: datetime | None, b: datetime | None) -> float | None:
+    return None if a is None or b is None else abs((a - b).total_seconds()) / 86400.0
+
+
+def hr_footprint(hr_item: Mapping[str, Any], asset: str, crs: Any) -> Any:
+    """Shapely polygon, in ``crs``, of the HR item's data: its asset grid (``proj:*``) when it has one, else
+    the item's geometry (lon/lat). Projected densely, so curved edges are followed."""
+    from odc.geo.geom import Geometry
+
+    try:
+        grid = G.item_grid(hr_item, asset)
+        geom = grid.extent
+        step = abs(grid.affine.a) * 16
+    except (G.GridError, KeyError):
+        if not hr_item.get("geometry"):
+            raise PairsError(f"HR item {hr_item.get('id')} has neither proj:* fields nor a geometry") from None
+        geom, step = Geometry(hr_item["geometry"], "EPSG:4326"), 1e-4
+    return geom.to_crs(crs, resolution=step).geom
+
+
+def search_hr_items(url: str, collection: str, bbox: Sequence[float], s2_items: Sequence[Mapping[str, Any]],
+                    max_days: float, limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Items of the HR ``collection`` at the STAC API ``url`` over ``bbox``, from ``max_days`` before the
+    first S2 acquisition to ``max_days`` after the last (unsigned, like every searched item)."""
+    from pystac_client import Client
+
+    from stacsr.catalog.search import check_bbox, normalise
+
+    dts = [d for d in (_datetime(i) for i in s2_items) if d is not None]
+    if not dts:
+        return []
+    span = [min(dts) - timedelta(days=max_days), max(dts) + timedelta(days=max_days)]
+    found = Client.open(url).search(collections=[collection], bbox=check_bbox(bbox), datetime=span, max_items=limit)
+    return sorted((normalise(i) for i in found.items_as_dicts()), key=lambda i: str(i["id"]))
+
+
+def build_cross_sensor_manifest(
+    s2_items: Sequence[Mapping[str, Any]],
+    hr_items: Sequence[Mapping[str, Any]],
+    preset: Preset,
+    hr_band_map: Mapping[str, Any] | str | None,
+    bbox: Sequence[float],
+    patches: int,
+    patch_size: int,
+    scale: int,
+    max_days: float = 30,
+    seed: int = 0,
+    min_valid: float = DEFAULT_MIN_VALID,
+    bands: Sequence[str] | None = None,
+    stride: int | None = None,
+    calibrate: bool = True,
+    hr_radiometry: Mapping[str, Sequence[float]] | Sequence[float] | None = None,
+) -> pa.Table:
+    """A ``cross-sensor`` manifest: windows of ``patch_size / scale`` pixels on the S2 items' 10 m grids (LR,
+    SCL-clear fraction ≥ ``min_valid``) that an HR item acquired within ``max_days`` covers entirely; the HR
+    patch (``patch_size`` pixels) is the same footprint, resampled when read. When several HR items cover a
+    window, the nearest in time (then the smallest id) is used. Spread over the S2 items round robin, like
+    :func:`build_wald_manifest`; deterministic for a given ``seed``.
+
+    ``hr_band_map``: ``{model band: (asset, 1-based index)}`` (``None``: NAIP, :data:`NAIP_BAND_MAP`).
+    ``hr_radiometry``: ``(scale, offset)`` for every band, or ``{band: (scale, offset)}``, DN → reflectance
+    (default :data:`NAIP_RADIOMETRY`). ``calibrate``: the reader fits HR to S2 per patch and band.
+    """
+    import shapely
+
+    if not s2_items:
+        raise PairsError("no Sentinel-2 items to sample pairs from (area, dates, cloud cover)")
+    if scale < 1 or patch_size < scale or patch_size % scale:
+        raise PairsError(f"patch size {patch_size} must be a positive multiple of the scale {scale}")
+    if patches < 1:
+        raise PairsError(f"patches must be ≥ 1, not {patches}")
+    if max_days < 0:
+        raise PairsError(f"max_days must be ≥ 0, not {max_days}")
+    bands = model_bands(preset, bands)
+    keys = preset.asset_keys(list(bands))
+    band_map = hr_band_map_of(hr_band_map)
+    missing = [b for b in bands if b not in band_map]
+    if missing:
+        raise PairsError(f"the HR band map has no entry for band(s) {', '.join(missing)} (it maps {', '.join(band_map)})")
+    if hr_radiometry is None:
+        hr_radiometry = NAIP_RADIOMETRY
+    radio = ({b: [float(v) for v in hr_radiometry[b]] for b in bands} if isinstance(hr_radiometry, Mapping)
+             else {b: [float(v) for v in hr_radiometry] for b in bands})  # fmt: skip
+    hr_assets = sorted({band_map[b][0] for b in bands})
+    usable_hr = [h for h in hr_items if all(a in h.get("assets", {}) for a in hr_assets)]
+    if not usable_hr:
+        raise PairsError(f"no HR item with asset(s) {', '.join(hr_assets)} to pair with (HR collection, area, dates)")
+    lr_size = patch_size // scale
+    per_item: list[list[tuple[WaldWindow, int, float]]] = []
+    for item in s2_items:
+        when = _datetime(item)
+        near = [(g, str(h["id"]), k) for k, h in enumerate(usable_hr)
+                if (g := _gap_days(when, _datetime(h))) is not None and g <= max_days]  # fmt: skip
+        if not near:
+            per_item.append([])
+            continue
+        near.sort()
+        rng = np.random.default_rng([seed, zlib.crc32(str(item["id"]).encode())])
+        try:
+            grid = G.item_grid(item, keys[0])
+            found = _candidates(item, preset, bbox, lr_size, rng, min_valid, bands, stride, True)
+        except (PairsError, G.GridError) as e:
+            if "does not overlap" not in str(e):
+                raise
+            found = []
+        if not found:
+            per_item.append([])
+            continue
+        feet = [hr_footprint(usable_hr[k], hr_assets[0], grid.crs) for _, _, k in near]
+        a = grid.affine
+        cols = np.array([w.window.col for w in found], dtype=np.float64)
+        rows_ = np.array([w.window.row for w in found], dtype=np.float64)
+        boxes = shapely.box(a.c + cols * a.a, a.f + (rows_ + lr_size) * a.e, a.c + (cols + lr_size) * a.a, a.f + rows_ * a.e)
+        chosen = np.full(len(found), -1)
+        for j, foot in reversed(list(enumerate(feet))):  # the nearest in time wins: it is written last
+            chosen[shapely.covers(foot, boxes)] = j
+        per_item.append([(w, near[j][2], near[j][0]) for w, j in zip(found, chosen) if j >= 0])
+    picked = _spread(per_item, patches)
+    if not picked:
+        raise PairsError(
+            f"no {lr_size}×{lr_size} Sentinel-2 window with ≥ {min_valid:.0%} clear pixels (SCL) covered by an HR "
+            f"item within {max_days:g} days in the area of interest of any of the {len(s2_items)} item(s): "
+            "the manifest would be empty"
+        )
+    if len(picked) < patches:
+        warnings.warn(f"only {len(picked)} of {patches} cross-sensor patches found", stacklevel=2)
+    picked.sort(key=lambda p: (p[0], p[1][0].window.row, p[1][0].window.col))
+    out, bounds_all = [], []
+    for i, (ww, k, gap) in picked:
+        item, hr, w = s2_items[i], usable_hr[k], ww.window
+        grid = G.item_grid(item, keys[0])
+        wkb, bounds = _footprint_wkb(grid, w)
+        bounds_all.append(bounds)
+        cloud = item.get("properties", {}).get("eo:cloud_cover")
+        try:
+            hr_epsg = G.item_grid(hr, hr_assets[0]).crs.epsg
+        except G.GridError:
+            hr_epsg = None
+        out.append({
+            "id": f"{item['id']}_x_{hr['id']}_r{w.row}_c{w.col}_s{patch_size}", "kind": KIND_CROSS_SENSOR,
+            "item_id": item["id"], "collection": item.get("collection"), "datetime": _datetime(item),
+            "epsg": grid.crs.epsg, "transform": list(grid.affine)[:6], "bands": list(bands),
+            "hrefs": json.dumps({b: redact(item["assets"][k_]["href"]) for b, k_ in zip(bands, keys)}),
+            "radiometry": json.dumps({b: _radiometry(item, k_) for b, k_ in zip(bands, keys)}),
+            "row": w.row, "col": w.col, "size": patch_size, "scale": scale, "valid_fraction": ww.valid_fraction,
+            "cloud_cover": None if cloud is None else float(cloud), "date_gap_days": float(gap), "geometry": wkb,
+            "hr_item_id": hr["id"], "hr_collection": hr.get("collection"), "hr_datetime": _datetime(hr),
+            "hr_epsg": hr_epsg, "hr_hrefs": json.dumps({a_: redact(hr["assets"][a_]["href"]) for a_ in hr_assets}),
+            "hr_bands": json.dumps({b: list(band_map[b]) for b in bands}), "hr_radiometry": json.dumps(radio),
+            "calibrate": bool(calibrate),
+        })  # fmt: skip
+    meta = {"version": MANIFEST_VERSION, "kind": KIND_CROSS_SENSOR, "patch_size": patch_size, "scale": scale,
+            "bands": list(bands), "min_valid": min_valid, "seed": seed, "preset": preset.name, "max_days": max_days,
+            "calibrate": bool(calibrate), "hr_bands": {b: list(band_map[b]) for b in bands},
+            "hr_collections": sorted({str(h.get("collection")) for h in usable_hr})}  # fmt: skip
+    return with_metadata(pa.Table.from_pylist(out, schema=CROSS_SENSOR_SCHEMA), meta, _union(bounds_all))
+
+
+def _spread(per_item: Sequence[Sequence[Any]], patches: int) -> list[tuple[int, Any]]:
+    """Round robin over the items' candidate lists until ``patches`` are picked."""
+    picked: list[tuple[int, Any]] = []
+    depth = 0
+    while len(picked) < patches and any(depth < len(f) for f in per_item):
+        for i, found in enumerate(per_item):
+            if depth < len(found) and len(picked) < patches:
+                picked.append((i, found[depth]))
+        depth += 1
+    return picked
 
 
 # ------------------------------------------------------------------ reading and writing
