@@ -133,6 +133,23 @@ def cache_path(cache_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
     return Path(cache_dir) / f"{safe}-{digest}.npz"
 
 
+def _read_s2(row: Mapping[str, Any], preset: Preset, listed: Sequence[str], hrefs: Mapping[str, str],
+             window: Window, grid: GeoBox) -> np.ndarray:  # fmt: skip
+    """Bands ``listed`` of the row's Sentinel-2 item in ``window`` (whose grid is ``grid``), as reflectance × 10000
+    uint16. Hrefs are signed now, not when the manifest was made: tokens are always fresh."""
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": row["item_id"], "collection": row.get("collection"),
+            "geometry": None, "properties": {}, "links": [],
+            "assets": {b: {"href": h} for b, h in hrefs.items()}}  # fmt: skip
+    signed = preset.sign(item)
+    radio = json.loads(row["radiometry"])
+    return np.stack([
+        Radiometry(*radio[b]).to_uint16(read_window(
+            signed["assets"][b]["href"], window, asset=f"{b} of item {row['item_id']}",
+            transform=grid.affine, epsg=int(row["epsg"])))
+        for b in listed
+    ])  # fmt: skip
+
+
 def read_hr(row: Mapping[str, Any], preset: Preset, cache_dir: str | os.PathLike | None = None,
             bands: Sequence[str] | None = None) -> np.ndarray:  # fmt: skip
     """The row's window as reflectance × 10000 uint16 ``(bands, size, size)``, 0 = nodata (cached if asked)."""
@@ -146,19 +163,9 @@ def read_hr(row: Mapping[str, Any], preset: Preset, cache_dir: str | os.PathLike
                 return hr
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is read again
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": row["item_id"], "collection": row.get("collection"),
-            "geometry": None, "properties": {}, "links": [],
-            "assets": {b: {"href": h} for b, h in hrefs.items()}}  # fmt: skip
-    signed = preset.sign(item)  # now, not when the manifest was made: fresh tokens
     _, hr_grid = pair_grids(row)
-    window = Window(int(row["row"]), int(row["col"]), int(row["size"]), int(row["size"]))
-    radio = json.loads(row["radiometry"])
-    layers = []
-    for b in listed:
-        dn = read_window(signed["assets"][b]["href"], window, asset=f"{b} of item {row['item_id']}",
-                         transform=hr_grid.affine, epsg=int(row["epsg"]))  # fmt: skip
-        layers.append(Radiometry(*radio[b]).to_uint16(dn))
-    hr = np.stack(layers)
+    size = int(row["size"])
+    hr = _read_s2(row, preset, listed, hrefs, Window(int(row["row"]), int(row["col"]), size, size), hr_grid)
     if path is not None:
         _save(path, hr)
     return hr
@@ -191,19 +198,8 @@ def read_wald_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "a
 def _s2_window(row: Mapping[str, Any], preset: Preset, lr_grid: GeoBox, listed: Sequence[str],
                hrefs: Mapping[str, str]) -> np.ndarray:  # fmt: skip
     """The S2 LR window as reflectance × 10000 float32 ``(bands, n, n)``, 0 = nodata."""
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": row["item_id"], "collection": row.get("collection"),
-            "geometry": None, "properties": {}, "links": [],
-            "assets": {b: {"href": h} for b, h in hrefs.items()}}  # fmt: skip
-    signed = preset.sign(item)
     n = int(lr_grid.shape.y)
-    window = Window(int(row["row"]), int(row["col"]), n, n)
-    radio = json.loads(row["radiometry"])
-    layers = []
-    for b in listed:
-        dn = read_window(signed["assets"][b]["href"], window, asset=f"{b} of item {row['item_id']}",
-                         transform=lr_grid.affine, epsg=int(row["epsg"]))  # fmt: skip
-        layers.append(Radiometry(*radio[b]).to_uint16(dn))
-    return np.stack(layers).astype(np.float32)
+    return _read_s2(row, preset, listed, hrefs, Window(int(row["row"]), int(row["col"]), n, n), lr_grid).astype(np.float32)
 
 
 def read_hr_warped(row: Mapping[str, Any], preset: Preset, hr_grid: GeoBox, listed: Sequence[str]) -> np.ndarray:

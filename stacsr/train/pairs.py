@@ -295,13 +295,7 @@ def build_wald_manifest(
             warnings.warn(str(e), stacklevel=2)
             found = []
         per_item.append(found)
-    picked: list[tuple[int, WaldWindow]] = []
-    depth = 0
-    while len(picked) < patches and any(depth < len(f) for f in per_item):
-        for i, found in enumerate(per_item):
-            if depth < len(found) and len(picked) < patches:
-                picked.append((i, found[depth]))
-        depth += 1
+    picked: list[tuple[int, WaldWindow]] = _spread(per_item, patches)
     if not picked:
         raise PairsError(
             f"no {patch_size}×{patch_size} window with ≥ {min_valid:.0%} clear pixels (SCL) in the area of "
