@@ -197,3 +197,35 @@ def test_minibatch_stddev_by_hand():
     torch.testing.assert_close(out[:, 2, 0, 0], torch.tensor([0.5, 3.5, 0.5, 3.5]), atol=1e-3, rtol=0)
     torch.testing.assert_close(out[:, :2], x)
     assert (MinibatchStdDev(group=4)(x[:1])[:, 2] < 1e-3).all()  # a batch of one: zero
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_consistent_generator_degrades_back_to_its_input(scale):
+    """With ``consistent``, the block mean of the (rounded uint16) output equals the input within 1 DN."""
+    import numpy as np
+
+    from stacsr.model.package import ModelCard, ModelPackage, Predictor
+
+    torch.manual_seed(3)
+    config = GeneratorConfig(bands=4, scale=scale, features=8, blocks=1, consistent=True)
+    g = Generator(config).eval()
+    torch.nn.init.normal_(g.tail.weight, std=0.01)  # far from bicubic, but inside the uint16 range
+    card = ModelCard("t", "0", ["B02", "B03", "B04", "B08"], ["blue", "green", "red", "nir"], config.to_dict())
+    predict = Predictor(ModelPackage(card, g, "x", b""))
+    x = np.random.default_rng(0).integers(3000, 6000, (2, 4, 13, 11)).astype(np.uint16)
+    y = predict(x).astype(np.float64)
+    assert 1 < y.min() and y.max() < 65535  # no clipping: the constraint holds up to rounding only inside the range
+    n, b, h, w = y.shape
+    means = y.reshape(n, b, h // scale, scale, w // scale, scale).mean(axis=(3, 5))
+    assert np.abs(means - x).max() <= 1.0
+    inconsistent = Generator(GeneratorConfig(bands=4, scale=scale, features=8, blocks=1))
+    inconsistent.load_state_dict(g.state_dict())
+    y0 = Predictor(ModelPackage(ModelCard("t", "0", card.bands, card.common_names, inconsistent.config.to_dict()),
+                                inconsistent.eval(), "x", b""))(x).astype(np.float64)  # fmt: skip
+    means0 = y0.reshape(n, b, h // scale, scale, w // scale, scale).mean(axis=(3, 5))
+    assert np.abs(means0 - x).max() > 50  # the same weights without the constraint are far off
+
+
+def test_consistent_adds_one_pixel_to_the_receptive_radius():
+    base = GeneratorConfig(features=8, blocks=2)
+    assert GeneratorConfig(features=8, blocks=2, consistent=True).receptive_radius == base.receptive_radius + 1

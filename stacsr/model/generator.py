@@ -33,6 +33,7 @@ class GeneratorConfig:
     tail_kernel: int = 3
     residual_bicubic: bool = True  # output = bicubic(input) + learned correction
     norm_scale: float = 10000.0  # input DN ÷ norm_scale = network units (reflectance)
+    consistent: bool = False  # each output block's mean equals its input pixel (reflectance consistency)
 
     @property
     def n_upsample(self) -> int:
@@ -49,7 +50,7 @@ class GeneratorConfig:
         radius += (self.tail_kernel // 2) / self.scale  # tail conv on the fine grid
         if self.residual_bicubic:
             radius = max(radius, 2)  # bicubic support
-        return math.ceil(radius)
+        return math.ceil(radius) + int(self.consistent)  # the block-mean correction reaches one pixel further
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,9 +125,15 @@ class Generator(nn.Module):
         return features + self.body_tail(self.body(features))
 
     def _output(self, y: Tensor, x: Tensor, factor: int) -> Tensor:
-        """Network output ``y`` at ``factor`` plus its residual base (the input resampled), in input units."""
+        """Network output ``y`` at ``factor`` plus its residual base (the input resampled), in input units.
+
+        With ``consistent``, each ``factor`` × ``factor`` block is then shifted so that its mean equals the
+        input pixel it comes from: the output degrades back to the input exactly (up to rounding).
+        """
         if self.config.residual_bicubic:
             y = y + (x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="bicubic", align_corners=False))
+        if self.config.consistent and factor > 1:
+            y = y + F.interpolate(x - F.avg_pool2d(y, factor), scale_factor=factor, mode="nearest")
         return y * self.config.norm_scale
 
     def forward(self, x: Tensor) -> Tensor:
