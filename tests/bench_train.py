@@ -10,8 +10,9 @@
                            (materialised) Ray dataset of the pre-read pairs, so no reading is measured.
    ``overhead`` = 1 − ray / plain (target ≤ 0.10).
 
-The step is NOT factored out of :func:`stacsr.train.loop.train_loop_per_worker` (it is inline in the loop),
-so rather than copying it, the plain loop runs that same worker function in-process with ``ray.train``'s
+Both sides run the whole worker function :func:`stacsr.train.loop.train_loop_per_worker` (whose step is
+:func:`stacsr.train.loop.train_step`), so that logging and checkpointing are counted alike: the plain loop runs
+it in-process with ``ray.train``'s
 handful of entry points stubbed (context rank 0 / world 1, CPU device, no checkpoint, ``prepare_model`` =
 identity — what Ray does for one worker —, a dataset shard that yields the in-memory batches, ``report``
 that only records). Both runs therefore execute exactly the same code: GAN phase from step 1 (G + D update,
@@ -250,7 +251,7 @@ def main() -> None:
         print(f"train   overhead 1 - ray/plain: {figures['overhead']:+.3f} (target <= 0.10)", flush=True)
         if threads != WORKER_CPUS:
             print(f"warning: the Ray worker ran {threads} torch threads, the plain loop {WORKER_CPUS}", flush=True)
-        figures["step_code"] = "stacsr.train.loop.train_loop_per_worker in both (step not factored out; Ray stubbed in plain)"
+        figures["step_code"] = "stacsr.train.loop.train_loop_per_worker in both (Ray stubbed in plain)"
     finally:
         if ray_local is not None:
             ray_local.shutdown()

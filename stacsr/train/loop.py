@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 import tempfile
 from contextlib import nullcontext
 from typing import Any, Iterator, Sequence
@@ -162,6 +163,56 @@ def _floats(d: dict[str, Tensor | float]) -> dict[str, float]:
     return {k: float(v.detach().float().item() if isinstance(v, Tensor) else v) for k, v in d.items()}
 
 
+@dataclass
+class Nets:
+    """What one training step updates: G and D (raw and as wrapped for DDP), the EMA of G, the optimisers."""
+
+    G: Generator
+    Gp: nn.Module  # PyramidG(G) under DDP
+    D: Discriminator
+    Dp: nn.Module  # D under DDP
+    ema: Generator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+
+def train_step(
+    nets: Nets, lr: Tensor, hr: Tensor, weights: L.LossWeights, vgg: nn.Module | None, levels: int,
+    norm: float, gan: bool, amp: Any, ema_decay: float,
+) -> dict[str, Tensor]:  # fmt: skip
+    """One optimiser step: a D step (when ``gan``), a G step on content (+ adversarial) loss, the EMA update.
+
+    Returns every loss term of the step (``d_loss``, ``gp``… only when ``gan``).
+    """
+    hr_pyr = L.hr_pyramid(hr, levels)
+    with amp:
+        sr_pyr = [y.float() for y in nets.Gp(lr)]
+    metrics: dict[str, Tensor] = {}
+    gan = gan and weights.gan > 0
+    if gan:
+        nets.opt_d.zero_grad(set_to_none=True)
+        with amp:
+            d_terms = L.discriminator_loss(weights.gan_kind, nets.Dp, hr_pyr, sr_pyr, weights.gp, weights.drift, norm)
+        d_terms["d_loss"].float().backward()
+        nets.opt_d.step()
+        metrics.update(d_terms)
+    nets.opt_g.zero_grad(set_to_none=True)
+    with amp:
+        terms = L.content_losses(sr_pyr, hr_pyr, weights, vgg, norm)
+        g_total = terms["content"]
+        if gan:
+            nets.D.requires_grad_(False)  # the raw D: its gradients are not wanted, DDP not involved
+            adv = L.generator_adv_loss(weights.gan_kind, nets.D, hr_pyr, sr_pyr)
+            nets.D.requires_grad_(True)
+            g_total = g_total + weights.gan * adv
+            metrics["adv"] = adv
+    g_total.float().backward()
+    nets.opt_g.step()
+    ema_update(nets.ema, nets.G, ema_decay)
+    metrics.update(terms, g_total=g_total)
+    return metrics
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker function. ``loop_config`` (built by :func:`stacsr.train.trainer.train`):
 
@@ -207,8 +258,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     vgg = L.perceptual_network(weights, config.losses.vgg_weights, config.losses.vgg_layer)
     if vgg is not None:
         vgg.to(device)
-    Gp = ray.train.torch.prepare_model(PyramidG(G))
-    Dp = ray.train.torch.prepare_model(D)
+    nets = Nets(G, ray.train.torch.prepare_model(PyramidG(G)), D, ray.train.torch.prepare_model(D), ema, opt_g, opt_d)
     torch.manual_seed(config.seed * 7919 + 1000 * rank + start)  # GP mixing, per worker and session
 
     board = Board(loop_config["storage"], loop_config["name"], loop_config.get("storage_filesystem")) if rank == 0 else None
@@ -219,33 +269,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for lr, hr in _batches(shard, config.batch_size, rank):
             lr, hr = lr.to(device), hr.to(device)
             phase = C.PHASE_PRETRAIN if step < config.pretrain_steps else C.PHASE_GAN
-            hr_pyr = L.hr_pyramid(hr, levels)
-            with amp:
-                sr_pyr = [y.float() for y in Gp(lr)]
-            metrics: dict[str, Tensor | float] = {}
-            gan = phase == C.PHASE_GAN and weights.gan > 0
-            if gan:
-                opt_d.zero_grad(set_to_none=True)
-                with amp:
-                    d_terms = L.discriminator_loss(weights.gan_kind, Dp, hr_pyr, sr_pyr, weights.gp, weights.drift, norm)
-                d_terms["d_loss"].float().backward()
-                opt_d.step()
-                metrics.update(d_terms)
-            opt_g.zero_grad(set_to_none=True)
-            with amp:
-                terms = L.content_losses(sr_pyr, hr_pyr, weights, vgg, norm)
-                g_total = terms["content"]
-                if gan:
-                    D.requires_grad_(False)  # the raw D: its gradients are not wanted, DDP not involved
-                    adv = L.generator_adv_loss(weights.gan_kind, D, hr_pyr, sr_pyr)
-                    D.requires_grad_(True)
-                    g_total = g_total + weights.gan * adv
-                    metrics["adv"] = adv
-            g_total.float().backward()
-            opt_g.step()
-            ema_update(ema, G, config.ema)
+            metrics = train_step(nets, lr, hr, weights, vgg, levels, norm, phase == C.PHASE_GAN, amp, config.ema)
             step += 1
-            metrics.update(terms, g_total=g_total)
 
             if board is not None and (step % config.log_every == 0 or step == config.steps or step == start + 1):
                 board.scalars({f"loss/{k}": v for k, v in _floats(metrics).items()}, step)
