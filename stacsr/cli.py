@@ -286,6 +286,64 @@ def train(
         console.print(f"run {name}: step {step if step is not None else '(already done)'}; checkpoint {where}")
 
 
+@app.command()
+def evaluate(
+    images: Optional[str] = typer.Option(None, "--images", help="Real 10 m GeoTIFF, or a folder of them (uint16, the model's bands in order)."),
+    pairs_path: Optional[str] = typer.Option(None, "--pairs", help="Instead of --images: a pairs manifest (stacsr pairs), .parquet or s3://."),
+    out_dir: Path = typer.Option(Path("report"), "--out", help="Report folder: metrics.json and one PNG per image."),
+    model: str = ModelOpt,
+    protocol: str = typer.Option("wald", "--protocol", help="Evaluation protocol for --images (wald: degrade ×scale, compare with the original)."),
+    degradation: str = typer.Option("area,mtf", "--degradation", help="Comma-separated degradations: area (block mean), mtf (Gaussian blur then block mean)."),
+    border: Optional[int] = typer.Option(None, "--border", min=0, help="LR pixels left out at each edge (default: the model's receptive radius)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--pairs: evaluate the first pairs only."),
+    catalog: str = CatalogOpt, stac_url: Optional[str] = StacUrlOpt,
+    tile_size: int = TileOpt, no_ray: bool = NoRayOpt, address: Optional[str] = AddressOpt,
+) -> None:  # fmt: skip
+    """Compare a model with bicubic (PSNR, SSIM, SAM, consistency) on real images (Wald) or manifest pairs."""
+    from stacsr.evaluate import report as R
+    from stacsr.model import package as M
+
+    with errors():
+        if (images is None) == (pairs_path is None):
+            fail("give either --images (GeoTIFF or folder) or --pairs (manifest)")
+        kinds = tuple(d.strip() for d in degradation.split(",") if d.strip())
+        package = M.load(model)
+        if images is not None:  # check every input before starting an engine
+            R._check_args(protocol, kinds, border, package)
+            for path in R.list_images(images):
+                R.check_image(path, package)
+        else:
+            preset = _preset(catalog, None, None, stac_url)
+        with _engine(package, no_ray, address, None, 0) as engine:
+            if images is not None:
+                result = R.evaluate_images(images, package, protocol, kinds, engine, out_dir, border, tile_size=tile_size)
+            else:
+                result = R.evaluate_pairs(pairs_path, package, preset, kinds, engine, out_dir, border, limit=limit,
+                                          tile_size=tile_size)  # fmt: skip
+        _evaluation_table(result)
+
+
+def _evaluation_table(result) -> None:
+    def f(v: float, digits: int) -> str:
+        return "—" if v is None or v != v else f"{v:.{digits}f}"
+
+    table = Table("image", "degradation", "PSNR model", "PSNR bicubic", "Δ PSNR", "SSIM model", "SSIM bicubic",
+                  "SAM° model", "SAM° bicubic", "consist. model", "consist. bicubic", "improv./omis./halluc.",
+                  title=f"{result.model}: model vs bicubic ({result.protocol}, border {result.border} LR px)")  # fmt: skip
+
+    def row(name: str, d: str, m, b, style: str | None = None) -> None:
+        table.add_row(name, d, f(m.psnr, 2), f(b.psnr, 2), f(m.psnr - b.psnr, 2), f(m.ssim, 4), f(b.ssim, 4),
+                      f(m.sam, 3), f(b.sam, 3), f(m.consistency, 5), f(b.consistency, 5),
+                      f"{f(m.improvement, 2)}/{f(m.omission, 2)}/{f(m.hallucination, 2)}", style=style)  # fmt: skip
+
+    for r in result.results:
+        row(r.image, r.degradation, r.model, r.bicubic)
+    for d, avg in result.averages().items():
+        row("average", d, avg["model"], avg["bicubic"], style="bold")
+    out.print(table)
+    console.print(f"metrics: {result.metrics_path}", highlight=False, soft_wrap=True)
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", is_eager=True, help="Print the stacsr version and exit."),
