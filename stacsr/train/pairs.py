@@ -259,6 +259,13 @@ def _datetime(item: Mapping[str, Any]) -> datetime | None:
     return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
 
 
+def _check_sampling(patches: int, patch_size: int, scale: int) -> None:
+    if scale < 1 or patch_size < scale or patch_size % scale:
+        raise PairsError(f"patch size {patch_size} must be a positive multiple of the scale {scale}")
+    if patches < 1:
+        raise PairsError(f"patches must be ≥ 1, not {patches}")
+
+
 def build_wald_manifest(
     items: Sequence[Mapping[str, Any]],
     preset: Preset,
@@ -278,10 +285,7 @@ def build_wald_manifest(
     """
     if not items:
         raise PairsError("no items to sample pairs from (area, dates, cloud cover)")
-    if scale < 1 or patch_size < scale or patch_size % scale:
-        raise PairsError(f"patch size {patch_size} must be a positive multiple of the scale {scale}")
-    if patches < 1:
-        raise PairsError(f"patches must be ≥ 1, not {patches}")
+    _check_sampling(patches, patch_size, scale)
     bands = model_bands(preset, bands)
     keys = preset.asset_keys(list(bands))
     per_item = []
@@ -453,10 +457,7 @@ def build_cross_sensor_manifest(
 
     if not s2_items:
         raise PairsError("no Sentinel-2 items to sample pairs from (area, dates, cloud cover)")
-    if scale < 1 or patch_size < scale or patch_size % scale:
-        raise PairsError(f"patch size {patch_size} must be a positive multiple of the scale {scale}")
-    if patches < 1:
-        raise PairsError(f"patches must be ≥ 1, not {patches}")
+    _check_sampling(patches, patch_size, scale)
     if max_days < 0:
         raise PairsError(f"max_days must be ≥ 0, not {max_days}")
     bands = model_bands(preset, bands)
