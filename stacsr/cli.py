@@ -72,12 +72,12 @@ def errors() -> Iterator[None]:
     """Turn every expected failure into one line on stderr and exit code 1."""
     from pystac_client.exceptions import APIError
 
-    from stacsr.io.read import ReadError
+    from stacsr.io.read import ReadError, first_line
 
     try:
         yield
     except (ValueError, ReadError, APIError, OSError) as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(first_line(e))
 
 
 def _preset(catalog: str, collection: Optional[str], bands: Optional[str], stac_url: Optional[str]):
@@ -268,6 +268,7 @@ def train(
     address: Optional[str] = AddressOpt,
 ) -> None:  # fmt: skip
     """Train the SRGAN on Ray Train from a pairs manifest; re-running the same line resumes."""
+    from stacsr.io.read import first_line
     from stacsr.train import trainer as T
 
     with errors():
@@ -280,7 +281,7 @@ def train(
         try:
             result = T.train(pairs_path, storage, name, config, workers, gpu, preset, init_from)
         except T.TrainError as e:
-            fail(str(e).strip().splitlines()[0])
+            fail(first_line(e))
         step = (result.metrics or {}).get("step")
         where = getattr(result.checkpoint, "path", None)
         console.print(f"run {name}: step {step if step is not None else '(already done)'}; checkpoint {where}")

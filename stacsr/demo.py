@@ -170,9 +170,9 @@ def run(out: str | Path, package, engine, tile_size: int, progress=None):
 
     Returns the pipeline's report; also writes ``out/side_by_side.png`` for the least cloudy item.
     """
-    import rasterio
-
     from stacsr import pipeline
+    from stacsr.catalog.items import output_collection_id, output_id
+    from stacsr.catalog.publish import item_folder
     from stacsr.catalog.search import order
 
     out = pipeline.check_writable(out)
@@ -180,8 +180,15 @@ def run(out: str | Path, package, engine, tile_size: int, progress=None):
     preset = demo_preset()
     report = pipeline.enhance(items, preset, BBOX, out, package, engine, tile_size=tile_size, progress=progress)
     first = pipeline.plan_jobs(items[:1], preset, package.card.bands, BBOX)[0]
-    lr = pipeline.read_job(first, preset)
-    folder = Path(report.catalog).parent / "sentinel-2-l2a-sr" / report.items[0]
-    sr = np.stack([rasterio.open(folder / f"{report.items[0]}_{b}.tif").read(1) for b in package.card.bands])
-    side_by_side(out / "side_by_side.png", lr, sr, package.card.scale)
+    item_id = output_id(first.item["id"])
+    folder = item_folder(out, output_collection_id(first.item["collection"]), item_id)
+    sr = np.stack([_read_band(folder / f"{item_id}_{b}.tif") for b in package.card.bands])  # the COGs as written
+    side_by_side(out / "side_by_side.png", pipeline.read_job(first, preset), sr, package.card.scale)
     return report
+
+
+def _read_band(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1)

@@ -131,17 +131,19 @@ def plan_jobs(items: Sequence[dict[str, Any]], preset: Preset, bands: Sequence[s
     if not items:
         raise InputError("no items found for this search (area, dates, cloud cover)")
     keys = preset.asset_keys(list(bands))
-    jobs = []
-    for item in items:
-        missing = [k for k in keys if k not in item.get("assets", {})]
-        if missing:
-            raise InputError(f"item {item['id']} has no asset {', '.join(missing)} (needed for the model's bands)")
-        try:
-            grid = G.item_grid(item, keys[0])
-            jobs.append(Job(item, keys, G.crop(grid, G.aoi_window(grid, bbox))))
-        except G.GridError as e:
-            raise InputError(f"item {item['id']}: {e}") from None
-    return jobs
+    return [Job(item, keys, G.crop(*item_window(item, keys, bbox))) for item in items]
+
+
+def item_window(item: dict[str, Any], keys: Sequence[str], bbox) -> tuple[G.GeoBox, G.Window]:
+    """The item's native grid (of ``keys[0]``) and the AOI's window on it, once the assets are known present."""
+    missing = [k for k in keys if k not in item.get("assets", {})]
+    if missing:
+        raise InputError(f"item {item.get('id')} has no asset {', '.join(missing)} (needed for the model's bands)")
+    try:
+        grid = G.item_grid(item, keys[0])
+        return grid, G.aoi_window(grid, bbox)
+    except G.GridError as e:
+        raise InputError(f"item {item.get('id')}: {e}") from None
 
 
 def read_job(job: Job, preset: Preset) -> np.ndarray:

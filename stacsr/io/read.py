@@ -35,9 +35,11 @@ class ReadError(RuntimeError):
 
 
 def redact(href: str) -> str:
-    """``href`` without its query string (where signatures and tokens live)."""
+    """``href`` without query string, fragment or ``user:password@`` (where signatures, tokens, keys live)."""
+    if "://" not in href:
+        return href.split("?", 1)[0]
     parts = urlsplit(href)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
 
 
 def read_item_window(item: dict[str, Any], asset_keys: Sequence[str], grid: GeoBox) -> np.ndarray:

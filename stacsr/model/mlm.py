@@ -26,11 +26,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 import pystac
 
 from stacsr import __version__
+from stacsr.io.read import redact
 from stacsr.model.package import CARD, WEIGHTS, ModelPackage
 
 MLM = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
@@ -162,15 +162,6 @@ def mlm_item(package: ModelPackage, pairs: str | None = None, metrics: dict | No
 def sha256_multihash(sha256_hex: str) -> str:
     """``file:checksum`` value (multihash, hex) of a sha256 hex digest."""
     return SHA256_MULTIHASH + sha256_hex
-
-
-def redact(href: str) -> str:
-    """``href`` without query string or fragment (where signatures, tokens and keys live)."""
-    if "://" not in href:
-        return href.split("?", 1)[0]
-    parts = urlsplit(href)
-    netloc = parts.netloc.rsplit("@", 1)[-1]  # drop user:password@
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _source_name(init_from: Any) -> str:

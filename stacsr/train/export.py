@@ -23,7 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stacsr.model.mlm import mlm_item, redact
+from stacsr.io.read import first_line, redact
+from stacsr.model.mlm import mlm_item
 
 if TYPE_CHECKING:
     from stacsr.model.package import ModelPackage
@@ -78,7 +79,7 @@ def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: An
     try:
         package = M.save(card, generator, out)
     except OSError as e:
-        raise ExportError(f"cannot write the model package to {out}: {_one_line(e)}") from None
+        raise ExportError(f"cannot write the model package to {out}: {first_line(e)}") from None
     pairs = provenance.get("pairs")
     metrics = {k: v for k, v in state.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     item = mlm_item(package, pairs=_relative_href(pairs, out) if pairs else None, metrics=metrics or None)
@@ -99,7 +100,7 @@ def _filesystem(path: str, filesystem: Any = None) -> tuple[Any, str]:
     try:
         fs_, root = fs.FileSystem.from_uri(path)
     except Exception as e:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for bad URIs
-        raise ExportError(f"cannot open {redact(path)}: {_one_line(e)}") from None
+        raise ExportError(f"cannot open {redact(path)}: {first_line(e)}") from None
     return fs_, root.rstrip("/")
 
 
@@ -115,7 +116,7 @@ def _info(fs_: Any, path: str, where: str):
     try:
         return fs_.get_file_info(path)
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"cannot read {where}: {_one_line(e)}") from None
+        raise ExportError(f"cannot read {where}: {first_line(e)}") from None
 
 
 def _list(fs_: Any, path: str, where: str) -> list:
@@ -124,7 +125,7 @@ def _list(fs_: Any, path: str, where: str) -> list:
     try:
         return fs_.get_file_info(fs.FileSelector(path, recursive=False))
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"cannot list {where}: {_one_line(e)}") from None
+        raise ExportError(f"cannot list {where}: {first_line(e)}") from None
 
 
 def _find_checkpoint(fs_: Any, root: str, source: str) -> str:
@@ -173,7 +174,7 @@ def _copy_local(fs_: Any, checkpoint: str, folder: Path, where: str) -> Path:
                 while chunk := f_in.read(1 << 22):
                     f_out.write(chunk)
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"cannot copy {name} of checkpoint {where}: {_one_line(e)}") from None
+            raise ExportError(f"cannot copy {name} of checkpoint {where}: {first_line(e)}") from None
     return folder
 
 
@@ -206,7 +207,7 @@ def _build(card_text: bytes, ema: bytes, where: str):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{CARD} of checkpoint {where} is not valid JSON: {e}") from None
     except (M.ModelError, TypeError, ValueError) as e:
-        raise ExportError(f"{CARD} of checkpoint {where} is not a model card: {_one_line(e)}") from None
+        raise ExportError(f"{CARD} of checkpoint {where} is not a model card: {first_line(e)}") from None
     if len(card.bands) != config.bands or len(card.common_names) != len(card.bands):
         raise ExportError(
             f"{CARD} of checkpoint {where} lists {len(card.bands)} bands ({', '.join(card.bands)}) "
@@ -215,13 +216,13 @@ def _build(card_text: bytes, ema: bytes, where: str):
     try:
         state = load_safetensors(ema)
     except (SafetensorError, OSError, ValueError) as e:
-        raise ExportError(f"{EMA} of checkpoint {where} is not a safetensors file ({_one_line(e)})") from None
+        raise ExportError(f"{EMA} of checkpoint {where} is not a safetensors file ({first_line(e)})") from None
     state = {_strip(k): v for k, v in state.items()}
     try:
         generator = Generator(config)
         M._load_state(generator, state, f"checkpoint {where}")
     except (M.ModelError, ValueError, RuntimeError) as e:
-        raise ExportError(f"{EMA} does not match {CARD}: {_one_line(e)}") from None
+        raise ExportError(f"{EMA} does not match {CARD}: {first_line(e)}") from None
     return card, generator.eval()
 
 
@@ -252,8 +253,3 @@ def _relative_href(pairs: str, out: Path) -> str:
         return Path(os.path.relpath(os.path.abspath(pairs), os.path.abspath(out))).as_posix()
     except ValueError:  # another drive (Windows)
         return Path(pairs).name
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -50,7 +50,8 @@ from stacsr.catalog import radiometry
 from stacsr.catalog.presets import Preset
 from stacsr.io import grid as G
 from stacsr.io.grid import Window
-from stacsr.io.read import redact
+from stacsr.io.read import first_line, redact
+from stacsr.pipeline import InputError, item_window
 
 KIND_WALD = "wald"
 SCL_KEYS = ("SCL", "scl")
@@ -134,15 +135,10 @@ def model_bands(preset: Preset, bands: Sequence[str] | None = None) -> tuple[str
 
 
 def _aoi(item: Mapping[str, Any], preset: Preset, bbox, bands: Sequence[str]) -> tuple[G.GeoBox, Window]:
-    keys = preset.asset_keys(list(bands))
-    missing = [k for k in keys if k not in item.get("assets", {})]
-    if missing:
-        raise PairsError(f"item {item.get('id')} has no asset {', '.join(missing)} (needed for the model's bands)")
     try:
-        grid = G.item_grid(item, keys[0])
-        return grid, G.aoi_window(grid, bbox)
-    except G.GridError as e:
-        raise PairsError(f"item {item.get('id')}: {e}") from None
+        return item_window(dict(item), preset.asset_keys(list(bands)), bbox)
+    except InputError as e:
+        raise PairsError(str(e)) from None
 
 
 def valid_mask(item: Mapping[str, Any], preset: Preset, grid10: G.GeoBox, window: Window) -> np.ndarray:
@@ -608,7 +604,7 @@ def write_manifest(table: pa.Table, path: str | os.PathLike, filesystem: Any = N
         else:
             pq.write_table(table, target, filesystem=fs_)
     except (OSError, pa.ArrowException) as e:
-        raise PairsError(f"cannot write pairs manifest {redact(path)}: {_one_line(e)}") from None
+        raise PairsError(f"cannot write pairs manifest {redact(path)}: {first_line(e)}") from None
     return path
 
 
@@ -620,10 +616,5 @@ def read_manifest(path: str | os.PathLike, filesystem: Any = None) -> pa.Table:
         fs_, target = _filesystem(path, filesystem)
         table = pq.read_table(target, filesystem=fs_)
     except (OSError, pa.ArrowException, ValueError) as e:
-        raise PairsError(f"cannot read pairs manifest {redact(path)}: {_one_line(e)}") from None
+        raise PairsError(f"cannot read pairs manifest {redact(path)}: {first_line(e)}") from None
     return check_manifest(table, f"pairs manifest {redact(path)}")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
