@@ -203,7 +203,9 @@ def demo(
 
 @app.command()
 def pairs(
-    bbox: tuple[float, float, float, float] = BBoxOpt,
+    bbox: Optional[tuple[float, float, float, float]] = typer.Option(None, "--bbox", help="Area of interest: west south east north (lon/lat); not with --images."),
+    images: Optional[list[str]] = typer.Option(None, "--images", help="wald from local 10 m GeoTIFFs (files or folders, repeatable) instead of a STAC search."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Step of the window lattice (default patch size / 4)."),
     out_path: str = typer.Option(..., "--out", help="Manifest to write: a .parquet path or s3://bucket/key."),
     kind: str = typer.Option("wald", "--kind", help="wald (Sentinel-2 alone) or cross-sensor (S2 as LR, --hr-collection as HR)."),
     patches: int = typer.Option(1000, "--patches", min=1, help="Patches to sample, spread over the items."),
@@ -219,16 +221,31 @@ def pairs(
     max_days: float = typer.Option(30, "--max-days", min=0, help="cross-sensor: most days between the S2 and HR acquisitions."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="cross-sensor: fit HR to S2 per patch and band (gain, offset)."),
 ) -> None:  # fmt: skip
-    """Build a training manifest of patch windows (GeoParquet) from a STAC search."""
+    """Build a training manifest of patch windows (GeoParquet) from a STAC search or local GeoTIFFs."""
+    from stacsr.io.read import ReadError, list_images
     from stacsr.train import pairs as P
 
     with errors():
         if kind not in ("wald", "cross-sensor"):
             fail(f"pair kind {kind!r} is not available yet; use --kind wald or cross-sensor")
+        if images:
+            if kind != "wald" or bbox is not None:
+                fail("--images builds wald pairs from the images themselves: leave out --bbox and --kind cross-sensor")
+            try:
+                paths = list_images(images)
+            except ReadError as e:
+                fail(str(e))
+            table = P.build_image_manifest(paths, patches, patch_size, scale, P.model_bands(_preset(catalog, collection, bands, stac_url), None),
+                                           seed, min_valid, stride)  # fmt: skip
+            P.write_manifest(table, out_path)
+            console.print(f"{table.num_rows} patches from {len(set(table.column('item_id').to_pylist()))} scenes → {out_path}")
+            return
+        if bbox is None:
+            fail("give --bbox (a STAC search) or --images (local GeoTIFFs)")
         preset = _preset(catalog, collection, bands, stac_url)
         items = _find(preset, bbox, datetime, max_cloud, limit, False)
         if kind == "wald":
-            table = P.build_wald_manifest(items, preset, bbox, patches, patch_size, scale, seed, min_valid)
+            table = P.build_wald_manifest(items, preset, bbox, patches, patch_size, scale, seed, min_valid, stride=stride)
         else:
             hr_items = P.search_hr_items(hr_stac_url or preset.url, hr_collection, bbox, items, max_days)
             table = P.build_cross_sensor_manifest(items, hr_items, preset, None, bbox, patches, patch_size, scale,
@@ -289,7 +306,7 @@ def train(
 
 @app.command()
 def evaluate(
-    images: Optional[str] = typer.Option(None, "--images", help="Real 10 m GeoTIFF, or a folder of them (uint16, the model's bands in order)."),
+    images: Optional[list[str]] = typer.Option(None, "--images", help="Real 10 m GeoTIFF or folder of them (repeatable; uint16; bands named by their descriptions, time stacks as <date>_<band>)."),
     pairs_path: Optional[str] = typer.Option(None, "--pairs", help="Instead of --images: a pairs manifest (stacsr pairs), .parquet or s3://."),
     out_dir: Path = typer.Option(Path("report"), "--out", help="Report folder: metrics.json and one PNG per image."),
     model: str = ModelOpt,
@@ -305,14 +322,14 @@ def evaluate(
     from stacsr.model import package as M
 
     with errors():
+        images = images or None
         if (images is None) == (pairs_path is None):
             fail("give either --images (GeoTIFF or folder) or --pairs (manifest)")
         kinds = tuple(d.strip() for d in degradation.split(",") if d.strip())
         package = M.load(model)
         if images is not None:  # check every input before starting an engine
             R._check_args(protocol, kinds, border, package)
-            for path in R.list_images(images):
-                R.check_image(path, package)
+            R.image_scenes(images, package)
         else:
             preset = _preset(catalog, None, None, stac_url)
         with _engine(package, no_ray, address, None, 0) as engine:

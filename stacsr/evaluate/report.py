@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from stacsr.evaluate import metrics as M
+from stacsr.io.read import ReadError, Scene, first_line, list_images, scenes
 from stacsr.model.package import ModelPackage
 from stacsr.pipeline import DEFAULT_TILE_SIZE, InputError, check_band_count, check_writable, super_resolve
 from stacsr.train import degrade as D
@@ -33,7 +34,6 @@ from stacsr.train import degrade as D
 PROTOCOLS = ("wald",)
 METHODS = ("model", "bicubic")
 METRICS_FILE = "metrics.json"
-IMAGE_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -195,24 +195,19 @@ def figure_png(
 # ------------------------------------------------------------------ Wald's protocol on GeoTIFFs
 
 
-def list_images(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """GeoTIFFs named by ``paths``: files as given, folders → their ``*.tif``/``*.tiff`` (sorted)."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    found: list[Path] = []
-    for p in map(Path, items):
-        if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise InputError(f"{p} does not exist")
-    if not found:
-        raise InputError(f"no GeoTIFF (.tif, .tiff) found in {', '.join(map(str, items)) or 'the input'}")
-    return found
+def image_scenes(images: str | Path | Iterable[str | Path], package: ModelPackage) -> list[Scene]:
+    """Every scene of the GeoTIFFs named by ``images`` (files or folders), each checked by :func:`check_image`."""
+    try:
+        paths = list_images(images)
+    except ReadError as e:
+        raise InputError(str(e)) from None
+    return [s for p in paths for s in check_image(p, package)]
 
 
-def check_image(path: Path, package: ModelPackage) -> None:
-    """Refuse, before any pixel is read, a GeoTIFF that is not uint16 with the model's band count."""
+def check_image(path: Path, package: ModelPackage) -> list[Scene]:
+    """The scenes of a GeoTIFF (one, or one per date of a ``<date>_<band>`` time stack, see
+    :func:`stacsr.io.read.scenes`), refusing before any pixel is read one that is not uint16 or lacks the
+    model's bands."""
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -220,13 +215,17 @@ def check_image(path: Path, package: ModelPackage) -> None:
         with rasterio.open(path) as src:
             count, dtypes = src.count, set(src.dtypes)
     except RasterioError as e:
-        raise InputError(f"cannot read {path}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+        raise InputError(f"cannot read {path}: {first_line(e)}") from None
     if dtypes != {"uint16"}:
         raise InputError(f"{path} is {', '.join(sorted(dtypes))}; stacsr expects uint16 reflectance x 10000")
     try:
-        check_band_count(count, package)
-    except InputError as e:
-        raise InputError(f"{path}: {e}") from None
+        return scenes(path, package.card.bands)
+    except ReadError as e:
+        try:
+            check_band_count(count, package)
+        except InputError as e2:
+            raise InputError(f"{path}: {e2}") from None
+        raise InputError(str(e)) from None
 
 
 def _engine(package: ModelPackage, engine: Any) -> tuple[Any, bool]:
@@ -271,23 +270,21 @@ def evaluate_images(
     from stacsr.io.read import read_raster
 
     border = _check_args(protocol, degradations, border, package)
-    paths = list_images(images)
-    for p in paths:
-        check_image(p, package)
+    found = image_scenes(images, package)
     folder = check_writable(out) if out is not None else None
     scale = package.card.scale
     evaluation = Evaluation(protocol, package.ref, scale, border)
     engine, own = _engine(package, engine)
     try:
-        for p in paths:
-            hr = read_raster(str(p)).data
+        for scene in found:
+            hr = read_raster(scene.href).data
             rows, cols = (n - n % scale for n in hr.shape[1:])
             hr = hr[:, :rows, :cols]
             if not hr.any():
-                raise InputError(f"{p} is all nodata (0)")
+                raise InputError(f"{scene.name} is all nodata (0)")
             for kind in degradations:
                 lr = np.rint(D.degrade(hr, scale, kind, sigma=sigma)).clip(0, 65535).astype(np.uint16)
-                evaluation.results.append(compare(lr, hr, package, engine, border, p.stem, kind, folder, tile_size))
+                evaluation.results.append(compare(lr, hr, package, engine, border, scene.name, kind, folder, tile_size))
     finally:
         if own:
             engine.close()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -18,6 +19,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from stacsr.io import grid as G
 from stacsr.io.grid import GeoBox
 
+IMAGE_SUFFIXES = (".tif", ".tiff")
 # GDAL settings for cloud reads: no directory listing, retries on transient HTTP errors.
 GDAL_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
@@ -110,3 +112,83 @@ def read_raster(href: str) -> Raster:
     except RasterioError as e:
         raise ReadError(f"cannot read {redact(href)}: {first_line(e)}") from None
 
+
+
+# ------------------------------------------------------------------ scenes of local GeoTIFFs
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One date of a multi-band GeoTIFF: ``href`` reads exactly its bands, in model order (a GDAL ``vrt://``
+    connection string when the file holds other bands too); ``band_hrefs`` reads each band alone."""
+
+    name: str
+    path: str
+    indexes: tuple[int, ...]  # 1-based band indexes of the model's bands in the file
+    date: str | None = None
+
+    @property
+    def href(self) -> str:
+        return band_href(self.path, self.indexes)
+
+    @property
+    def band_hrefs(self) -> tuple[str, ...]:
+        return tuple(band_href(self.path, (i,)) for i in self.indexes)
+
+
+def band_href(path: str, indexes: Sequence[int]) -> str:
+    """A GDAL href reading ``indexes`` (1-based) of ``path`` in that order (``vrt://path?bands=…``)."""
+    return f"vrt://{path}?bands={','.join(map(str, indexes))}"
+
+
+def list_images(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """GeoTIFFs named by ``paths``: files as given, folders → their ``*.tif``/``*.tiff`` (sorted)."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found: list[Path] = []
+    for p in map(Path, items):
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ReadError(f"{p} does not exist")
+    if not found:
+        raise ReadError(f"no GeoTIFF (.tif, .tiff) found in {', '.join(map(str, items)) or 'the input'}")
+    return found
+
+
+_DATED = re.compile(r"^(?P<prefix>.+?)[_ ](?P<band>[A-Za-z0-9]+)$")
+
+
+def scenes(path: str | Path, bands: Sequence[str]) -> list[Scene]:
+    """The scenes of a GeoTIFF that holds ``bands``, found by its band descriptions.
+
+    - descriptions equal to the band names (``B02``…, any order): one scene named after the file;
+    - ``<date>_<band>`` (e.g. ``2018-04-26_B02``, a time stack): one scene per prefix holding every band;
+    - no descriptions and exactly ``len(bands)`` bands: one scene, bands assumed in model order.
+    Anything else raises :class:`ReadError` naming the file and the missing bands.
+    """
+    path = str(Path(path).resolve())
+    stem = Path(path).stem
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
+            names = [d or "" for d in src.descriptions]
+    except RasterioError as e:
+        raise ReadError(f"cannot read {path}: {first_line(e)}") from None
+    wanted = list(bands)
+    if not any(names):
+        if len(names) != len(wanted):
+            raise ReadError(f"{path} has {len(names)} unnamed bands; expected {len(wanted)} ({', '.join(wanted)}) "
+                            "or band descriptions naming them")  # fmt: skip
+        return [Scene(stem, path, tuple(range(1, len(wanted) + 1)))]
+    if set(wanted) <= set(names):
+        return [Scene(stem, path, tuple(names.index(b) + 1 for b in wanted))]
+    groups: dict[str, dict[str, int]] = {}
+    for i, n in enumerate(names, 1):
+        m = _DATED.match(n)
+        if m and m["band"] in wanted:
+            groups.setdefault(m["prefix"], {})[m["band"]] = i
+    found = [Scene(f"{stem}_{p}", path, tuple(g[b] for b in wanted), p) for p, g in groups.items() if set(g) == set(wanted)]
+    if not found:
+        raise ReadError(f"{path}: no scene with bands {', '.join(wanted)} (band descriptions: {', '.join(names)})")
+    return found

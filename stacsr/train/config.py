@@ -13,6 +13,7 @@ into the checkpoint's card).
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -67,15 +68,36 @@ class OptimiserSection:
     lr_d: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    schedule: str = "constant"  # constant | cosine (from lr down to final_lr_ratio × lr at the last step)
+    warmup_steps: int = 0  # linear warm-up from 0 over these first steps
+    final_lr_ratio: float = 0.01  # cosine: the last step's learning rate / lr
+
+    def factor(self, step: int, steps: int) -> float:
+        """Learning-rate multiplier of optimiser step ``step`` (0-based) of ``steps``: a function of the step
+        alone, so a resumed run continues on exactly the same curve."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "cosine":
+            t = min(1.0, (step - self.warmup_steps) / max(1, steps - 1 - self.warmup_steps))
+            return self.final_lr_ratio + (1 - self.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
 
 
 @dataclass(frozen=True)
 class DegradationSection:
     """How the LR patch is made from the HR one (Wald protocol): see :mod:`stacsr.train.degrade`."""
 
-    kind: str = "area"  # area | mtf
+    kind: str = "area"  # area | mtf | mixed (σ uniform in [0, 4/3 sigma] per patch)
     sigma: float = 1.5  # Gaussian blur (HR pixels) of the mtf kind
     noise_std: float = 0.0  # additive noise on LR (reflectance × 10000)
+
+
+@dataclass(frozen=True)
+class AugmentSection:
+    """Random changes of each batch on the worker, applied alike to LR and HR."""
+
+    dihedral: bool = True  # one of the 8 rotations/flips per batch
+    gain: float = 0.0  # per-pair brightness gain drawn in [1 − gain, 1 + gain] (radiometric jitter)
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,7 @@ class TrainConfig:
     losses: LossSection = field(default_factory=LossSection)
     optimiser: OptimiserSection = field(default_factory=OptimiserSection)
     degradation: DegradationSection = field(default_factory=DegradationSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     steps: int = 100_000
     pretrain_steps: int = 0
     batch_size: int = 4  # per worker
@@ -119,8 +142,12 @@ class TrainConfig:
         O = self.optimiser
         need(O.lr_g > 0 and O.lr_d > 0, "optimiser.lr_g/lr_d", "learning rates must be > 0")
         need(all(0 <= b < 1 for b in O.betas), "optimiser.betas", f"must lie in [0, 1), not {list(O.betas)}")
+        need(O.schedule in ("constant", "cosine"), "optimiser.schedule", f"must be constant or cosine, not {O.schedule!r}")
+        need(O.warmup_steps >= 0, "optimiser.warmup_steps", "must be ≥ 0")
+        need(0 <= O.final_lr_ratio <= 1, "optimiser.final_lr_ratio", "must lie in [0, 1]")
+        need(0 <= self.augment.gain < 1, "augment.gain", f"must lie in [0, 1), not {self.augment.gain}")
         Dg = self.degradation
-        need(Dg.kind in ("area", "mtf"), "degradation.kind", f"must be area or mtf, not {Dg.kind!r}")
+        need(Dg.kind in ("area", "mtf", "mixed"), "degradation.kind", f"must be area, mtf or mixed, not {Dg.kind!r}")
         need(Dg.sigma > 0, "degradation.sigma", "must be > 0")
         need(Dg.noise_std >= 0, "degradation.noise_std", "must be ≥ 0")
 

@@ -323,10 +323,10 @@ def read_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "area",
               bands: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``(lr, hr)`` float32 reflectance × 10000 of a manifest row: ``(bands, size/scale, size/scale)`` and
-    ``(bands, size, size)``, checked with :func:`check_pair`. ``degradation``: ``"area"`` or ``"mtf"``
+    ``(bands, size, size)``, checked with :func:`check_pair`. ``degradation``: ``"area"``, ``"mtf"`` or ``"mixed"``
     (``sigma`` in HR pixels); ``noise_std`` adds noise to LR; ``bands``: the model's bands, to refuse others."""
-    if degradation not in D.DEGRADATIONS:
-        raise PairsError(f"unknown degradation {degradation!r}: use {' or '.join(D.DEGRADATIONS)}")
+    if degradation not in D.TRAIN_DEGRADATIONS:
+        raise PairsError(f"unknown degradation {degradation!r}: use {', '.join(D.TRAIN_DEGRADATIONS)}")
     reader = READERS.get(row.get("kind"))
     if reader is None:
         raise PairsError(f"pair {row.get('id')}: unsupported kind {row.get('kind')!r} (readers: {', '.join(READERS)})")
@@ -350,7 +350,7 @@ class _PairBatch:
         ids, lrs, hrs = [], [], []
         for row in batch.to_pylist():
             rng = None
-            if self.noise_std:
+            if self.noise_std or self.degradation == "mixed":
                 rng = np.random.default_rng(None if self.seed is None else [self.seed, zlib.crc32(row["id"].encode())])
             lr, hr = read_pair(row, self.preset, self.degradation, self.noise_std, sigma=self.sigma, rng=rng,
                                bands=self.bands, cache_dir=self.cache_dir)  # fmt: skip
@@ -383,8 +383,8 @@ def pair_dataset(
     import pyarrow as pa
     import ray
 
-    if degradation not in D.DEGRADATIONS:
-        raise PairsError(f"unknown degradation {degradation!r}: use {' or '.join(D.DEGRADATIONS)}")
+    if degradation not in D.TRAIN_DEGRADATIONS:
+        raise PairsError(f"unknown degradation {degradation!r}: use {', '.join(D.TRAIN_DEGRADATIONS)}")
     table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest, filesystem)
     from stacsr.train.pairs import check_manifest
 

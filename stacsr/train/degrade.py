@@ -7,7 +7,9 @@ type (numpy → float32 numpy, torch → float tensor on the same device).
 - :func:`area` — mean over ``scale × scale`` blocks (the LR pixel covers exactly its HR block);
 - :func:`mtf` — Gaussian blur per band (``sigma`` in HR pixels, approximating the Sentinel-2 MTF at the
   LR sampling), then the block mean;
-- :func:`noise` — additive Gaussian noise on valid pixels.
+- :func:`noise` — additive Gaussian noise on valid pixels;
+- ``mixed`` (training only, :data:`TRAIN_DEGRADATIONS`) — per patch, a blur σ drawn uniformly in
+  [0, 4/3 × ``sigma``] (σ < :data:`MIN_SIGMA`: plain block mean), so one model learns sharp and blurred inputs.
 
 Nodata: an LR pixel is 0 (in every band) when any HR pixel of its block is 0 in any band, the convention of
 :func:`stacsr.pipeline.super_resolve`. The blur of :func:`mtf` is normalised by the blurred validity mask, so
@@ -22,7 +24,9 @@ from typing import Any
 import numpy as np
 
 DEGRADATIONS = ("area", "mtf")
+TRAIN_DEGRADATIONS = DEGRADATIONS + ("mixed",)
 DEFAULT_SIGMA = 1.5
+MIN_SIGMA = 0.25  # below this a blur changes block means by < 1 DN: use area
 
 
 def _is_torch(x: Any) -> bool:
@@ -151,11 +155,15 @@ def noise(lr: Any, std: float, rng: Any = None) -> Any:
 
 def degrade(hr: Any, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0,
             rng: Any = None) -> Any:  # fmt: skip
-    """LR from HR by ``kind`` (``"area"`` or ``"mtf"``), then optional noise."""
+    """LR from HR by ``kind`` (``"area"``, ``"mtf"`` or ``"mixed"``, whose σ is drawn with the numpy ``rng``),
+    then optional noise."""
+    if kind == "mixed":
+        s = float((rng if rng is not None else np.random.default_rng()).uniform(0.0, sigma * 4 / 3))
+        kind, sigma = ("mtf", s) if s >= MIN_SIGMA else ("area", sigma)
     if kind == "area":
         lr = area(hr, scale)
     elif kind == "mtf":
         lr = mtf(hr, scale, sigma)
     else:
-        raise ValueError(f"unknown degradation {kind!r}: use {' or '.join(DEGRADATIONS)}")
+        raise ValueError(f"unknown degradation {kind!r}: use {', '.join(TRAIN_DEGRADATIONS)}")
     return noise(lr, noise_std, rng) if noise_std else lr

@@ -151,6 +151,28 @@ def _batches(shard: Any, batch_size: int, rank: int) -> Iterator[tuple[Tensor, T
         epoch += 1
 
 
+def augment(lr: Tensor, hr: Tensor, dihedral: bool, gain: float) -> tuple[Tensor, Tensor]:
+    """One of the 8 rotations/flips for the whole batch, and a per-pair gain in [1 − gain, 1 + gain] (the
+    same for LR and HR; nodata 0 stays 0). Draws from torch's global generator (seeded per worker)."""
+    if dihedral:
+        k = int(torch.randint(4, (1,)))
+        lr, hr = torch.rot90(lr, k, (-2, -1)), torch.rot90(hr, k, (-2, -1))
+        if bool(torch.randint(2, (1,))):
+            lr, hr = lr.flip(-1), hr.flip(-1)
+    if gain:
+        g = 1 + gain * (2 * torch.rand(lr.shape[0], 1, 1, 1, device=lr.device) - 1)
+        lr, hr = lr * g, hr * g
+    return lr, hr
+
+
+def set_learning_rates(nets: "Nets", optimiser: Any, step: int, steps: int) -> None:
+    """Both optimisers' learning rates for ``step`` (0-based) from the schedule of ``optimiser``."""
+    f = optimiser.factor(step, steps)
+    for opt, base in ((nets.opt_g, optimiser.lr_g), (nets.opt_d, optimiser.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = base * f
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -267,7 +289,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     extra = {"discriminator": config.discriminator_config.to_dict(), "config": config.to_dict(), "world_size": world}
     try:
         for lr, hr in _batches(shard, config.batch_size, rank):
-            lr, hr = lr.to(device), hr.to(device)
+            lr, hr = augment(lr.to(device), hr.to(device), config.augment.dihedral, config.augment.gain)
+            set_learning_rates(nets, O, step, config.steps)
             phase = C.PHASE_PRETRAIN if step < config.pretrain_steps else C.PHASE_GAN
             metrics = train_step(nets, lr, hr, weights, vgg, levels, norm, phase == C.PHASE_GAN, amp, config.ema)
             step += 1

@@ -39,7 +39,7 @@ import uuid
 import warnings
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -50,7 +50,7 @@ from stacsr.catalog import radiometry
 from stacsr.catalog.presets import Preset
 from stacsr.io import grid as G
 from stacsr.io.grid import Window
-from stacsr.io.read import first_line, redact
+from stacsr.io.read import Scene, first_line, redact
 from stacsr.pipeline import InputError, item_window
 
 KIND_WALD = "wald"
@@ -58,6 +58,7 @@ SCL_KEYS = ("SCL", "scl")
 # SCL classes that make a pixel unusable: 0 nodata, 1 saturated/defective, 3 cloud shadow,
 # 8/9 cloud medium/high probability, 10 thin cirrus.
 INVALID_SCL = frozenset({0, 1, 3, 8, 9, 10})
+DEFAULT_IMAGE_BANDS = ("B02", "B03", "B04", "B08")  # images without a preset: the model's RGBN
 DEFAULT_MIN_VALID = 0.99
 MANIFEST_VERSION = 1
 GEO_KEY, META_KEY = b"geo", b"stacsr:pairs"
@@ -323,6 +324,95 @@ def build_wald_manifest(
         })  # fmt: skip
     meta = {"version": MANIFEST_VERSION, "kind": KIND_WALD, "patch_size": patch_size, "scale": scale,
             "bands": list(bands), "min_valid": min_valid, "seed": seed, "preset": preset.name}  # fmt: skip
+    return with_metadata(pa.Table.from_pylist(rows, schema=SCHEMA), meta, _union(boxes))
+
+
+def _scene_datetime(scene: Scene) -> datetime | None:
+    try:
+        return datetime.fromisoformat(scene.date).replace(tzinfo=timezone.utc) if scene.date else None
+    except ValueError:
+        return None
+
+
+def image_windows(scene: Scene, patch_size: int, rng: np.random.Generator, min_valid: float,
+                  stride: int | None) -> tuple[G.GeoBox, list[WaldWindow]]:  # fmt: skip
+    """The scene's grid and its candidate windows (valid = every band > 0), in sampling order."""
+    import rasterio
+
+    from stacsr.io.read import GDAL_ENV
+
+    with rasterio.Env(**GDAL_ENV), rasterio.open(scene.href) as src:
+        if src.crs is None or not src.transform.is_rectilinear or src.transform.e >= 0:
+            raise PairsError(f"{scene.path} has no CRS or is not north-up: cannot place its patches")
+        if set(src.dtypes) != {"uint16"}:
+            raise PairsError(f"{scene.path} is {src.dtypes[0]}; stacsr expects uint16 reflectance × 10000")
+        grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
+        mask = (src.read() > 0).all(axis=0)
+    if min(mask.shape) < patch_size:
+        return grid, []
+    stride = stride or max(1, patch_size // 4)
+    r, c, counts = _window_sums(mask, patch_size, stride)
+    fraction = counts / float(patch_size * patch_size)
+    order = _order((fraction >= min_valid) & (counts > 0), math.ceil(patch_size / stride) - 1, rng, True)
+    return grid, [WaldWindow(Window(int(r[i]), int(c[j]), patch_size, patch_size), float(fraction[i, j])) for i, j in order]
+
+
+def build_image_manifest(
+    paths: Sequence[str | os.PathLike],
+    patches: int,
+    patch_size: int,
+    scale: int,
+    bands: Sequence[str] = DEFAULT_IMAGE_BANDS,
+    seed: int = 0,
+    min_valid: float = DEFAULT_MIN_VALID,
+    stride: int | None = None,
+) -> pa.Table:
+    """A ``wald`` manifest from 10 m GeoTIFFs (uint16 reflectance × 10000, 0 = nodata) instead of a STAC search.
+
+    Every scene of every file (:func:`stacsr.io.read.scenes`: single dates, or ``<date>_<band>`` time stacks)
+    is an "item"; its bands are read through ``vrt://file?bands=k`` hrefs, so the rows are ordinary ``wald``
+    rows read by the same reader. A pixel is valid when every band is > 0. Windows lie on a lattice of step
+    ``stride`` (default ``patch_size // 4``), non-overlapping ones first, then overlapping ones, spread over
+    the scenes round robin. Deterministic for a given ``seed``.
+    """
+    from stacsr.io.read import ReadError, scenes
+
+    _check_sampling(patches, patch_size, scale)
+    if not paths:
+        raise PairsError("no images to sample pairs from")
+    try:
+        found = [s for p in paths for s in scenes(p, bands)]
+    except ReadError as e:
+        raise PairsError(str(e)) from None
+    per_scene, grids = [], []
+    for scene in found:
+        rng = np.random.default_rng([seed, zlib.crc32(scene.name.encode())])
+        grid, windows = image_windows(scene, patch_size, rng, min_valid, stride)
+        grids.append(grid)
+        per_scene.append(windows)
+    picked = _spread(per_scene, patches)
+    if not picked:
+        raise PairsError(f"no {patch_size}×{patch_size} window with ≥ {min_valid:.0%} valid pixels in "
+                         f"{len(found)} scene(s): the manifest would be empty")  # fmt: skip
+    if len(picked) < patches:
+        warnings.warn(f"only {len(picked)} of {patches} patches found in {len(found)} scene(s)", stacklevel=2)
+    picked.sort(key=lambda p: (p[0], p[1].window.row, p[1].window.col))
+    rows, boxes = [], []
+    for i, ww in picked:
+        scene, grid, w = found[i], grids[i], ww.window
+        wkb, bounds = _footprint_wkb(grid, w)
+        boxes.append(bounds)
+        rows.append({
+            "id": f"{scene.name}_r{w.row}_c{w.col}_s{w.height}", "kind": KIND_WALD, "item_id": scene.name,
+            "collection": None, "datetime": _scene_datetime(scene), "epsg": grid.crs.epsg,
+            "transform": list(grid.affine)[:6], "bands": list(bands),
+            "hrefs": json.dumps(dict(zip(bands, scene.band_hrefs))),
+            "radiometry": json.dumps({b: [radiometry.DEFAULT_SCALE, 0.0] for b in bands}),
+            "row": w.row, "col": w.col, "size": w.height, "scale": scale, "valid_fraction": ww.valid_fraction,
+            "cloud_cover": None, "date_gap_days": 0.0, "geometry": wkb,
+        })  # fmt: skip
+    meta = {"version": MANIFEST_VERSION, "kind": KIND_WALD, "patch_size": patch_size, "scale": scale,
+            "bands": list(bands), "min_valid": min_valid, "seed": seed, "source": "images"}  # fmt: skip
     return with_metadata(pa.Table.from_pylist(rows, schema=SCHEMA), meta, _union(boxes))
 
 
