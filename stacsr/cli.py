@@ -72,11 +72,13 @@ def errors() -> Iterator[None]:
     """Turn every expected failure into one line on stderr and exit code 1."""
     from pystac_client.exceptions import APIError
 
+    from stacsr.catalog.publish import PublishError
     from stacsr.io.read import ReadError, first_line
+    from stacsr.io.store import StoreError
 
     try:
         yield
-    except (ValueError, ReadError, APIError, OSError) as e:
+    except (ValueError, ReadError, APIError, OSError, StoreError, PublishError) as e:
         fail(first_line(e))
 
 
@@ -164,6 +166,41 @@ def enhance(
         with _engine(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
             report = pipeline.enhance(items, preset, bbox, out_dir, package, engine, tile_size, compress.value, progress)
         _summary(report, "items written", engine)
+
+
+@app.command()
+def batch(
+    spec_path: Path = typer.Argument(..., help="Job spec (YAML, see jobs/examples/)."),
+    address: Optional[str] = AddressOpt, no_ray: bool = NoRayOpt,
+) -> None:  # fmt: skip
+    """Run a batch job: search its areas, skip what is already published, super-resolve and publish the rest.
+
+    Exit code 0 when every item succeeded, 1 otherwise; the run report is written to <output>/_runs/<name>/."""
+    from stacsr.batch import run as B
+    from stacsr.batch import spec as J
+    from stacsr.model import package as M
+    from stacsr.pipeline import check_writable
+
+    with errors():
+        spec = J.load(spec_path)
+        preset = _preset(spec.catalog, spec.collection, spec.bands, spec.stac_url)
+        package = M.load(spec.model)
+        if not spec.remote_output:
+            check_writable(spec.output)
+        res = spec.resources
+        with _engine(package, no_ray, address, res.actors, res.gpus_per_actor) as engine:
+            report = B.run(spec, preset, package, engine, log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        d = report.to_dict()
+        table = Table(show_header=False, box=None)
+        for key in ("found", "skipped", "done", "failed", "nodata"):
+            table.add_row(f"items {key}", str(d["items"][key]))
+        table.add_row("engine", str(engine))
+        table.add_row("area", f"{d['km2']:.2f} km²")
+        table.add_row("time", f"{d['seconds']:.1f} s ({d['tiles_per_second']:.2f} tiles/s)")
+        table.add_row("report", B.report_url(spec))
+        console.print(table)
+        if not report.ok:
+            raise typer.Exit(1)
 
 
 @app.command()

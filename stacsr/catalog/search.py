@@ -8,6 +8,7 @@ the result is sorted by cloud cover here as well, since not every server honours
 from __future__ import annotations
 
 import copy
+import re
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -52,23 +53,48 @@ def check_datetime(text: str | None) -> str | None:
 
 def search(
     preset: Preset,
-    bbox: Iterable[float],
+    bbox: Iterable[float] | None,
     datetime_: str | None = None,
     max_cloud: float | None = None,
     limit: int | None = None,
+    mgrs: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Items of ``preset.collection`` intersecting ``bbox``, least cloudy first."""
+    """Items of ``preset.collection`` intersecting ``bbox`` (and/or of MGRS tile ``mgrs``), least cloudy first."""
     from pystac_client import Client
 
-    bbox = check_bbox(bbox)
+    if bbox is None and mgrs is None:
+        raise SearchError("a search needs a bbox or an MGRS tile")
+    bbox = check_bbox(bbox) if bbox is not None else None
     datetime_ = check_datetime(datetime_)
     client = Client.open(preset.url)
-    query = {"eo:cloud_cover": {"lte": max_cloud}} if max_cloud is not None else None
+    query: dict[str, Any] = {"eo:cloud_cover": {"lte": max_cloud}} if max_cloud is not None else {}
+    if mgrs is not None:
+        query.update(mgrs_query(preset, check_mgrs(mgrs)))
     found = client.search(
-        collections=[preset.collection], bbox=bbox, datetime=datetime_, query=query,
+        collections=[preset.collection], bbox=bbox, datetime=datetime_, query=query or None,
         sortby=[{"field": "properties.eo:cloud_cover", "direction": "asc"}], max_items=limit,
     )  # fmt: skip
-    return order(normalise(i) for i in found.items_as_dicts())
+    items = (normalise(i) for i in found.items_as_dicts())
+    return order(i for i in items if mgrs is None or tile_of(i, preset) == mgrs.upper())
+
+
+_MGRS = re.compile(r"^\d{1,2}[C-HJ-NP-X][A-HJ-NP-Z]{2}$")
+
+
+def check_mgrs(tile: str) -> str:
+    """An MGRS 100 km tile id such as ``32TLR`` (upper-cased), or a :class:`SearchError`."""
+    tile = str(tile).strip().upper().removeprefix("MGRS-")
+    if not _MGRS.match(tile):
+        raise SearchError(f"{tile!r} is not an MGRS tile id (e.g. 32TLR)")
+    return tile
+
+
+def mgrs_query(preset: Preset, tile: str) -> dict[str, Any]:
+    """The STAC ``query`` selecting one MGRS tile: Earth Search's ``grid:code`` or Planetary Computer's
+    ``s2:mgrs_tile`` (the latter for any other API too)."""
+    if preset.name == "earth-search":
+        return {"grid:code": {"eq": f"MGRS-{tile}"}}
+    return {"s2:mgrs_tile": {"eq": tile}}
 
 
 def cloud(item: dict[str, Any]) -> float:

@@ -56,6 +56,7 @@ def read_item_window(item: dict[str, Any], asset_keys: Sequence[str], grid: GeoB
         [item], assets=list(asset_keys), epsg=grid.crs.epsg, resolution=abs(grid.affine.a),
         bounds=(left, bottom, right, top), snap_bounds=False, dtype="uint16", fill_value=np.uint16(0),
         rescale=False, chunksize=2048, gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=GDAL_ENV),
+        errors_as_nodata=(),  # stackstac's default turns an HTTP 404 into silent nodata: a missing asset is an error
     )  # fmt: skip
     _check_grid(stack, grid, item["id"])
     try:

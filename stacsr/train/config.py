@@ -184,6 +184,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ValueError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key} must be a list, not {value!r}")
+        (arg,) = typing.get_args(tp)
+        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -228,6 +233,12 @@ def _dataclass(cls: type, data: Any, prefix: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - all fields have defaults
         raise ValueError(f"config {where}: {e}") from None
+
+
+def parse_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """``cls`` (a dataclass, nested ones and lists of them included) from a YAML-shaped mapping: unknown keys
+    and wrong types raise a ValueError naming the key. Shared by every YAML file stacsr reads."""
+    return _dataclass(cls, data, prefix)
 
 
 def from_dict(data: Mapping[str, Any] | None) -> TrainConfig:

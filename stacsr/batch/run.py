@@ -1,0 +1,240 @@
+"""``stacsr batch``: every item of a job spec's areas and time window, super-resolved and published, idempotently.
+
+    plan (search each area) → drop items already done (same output id and model sha256 in the target)
+    → per item, at most ``items_in_flight`` at once: read window → tiles on the shared engine → COGs written
+      locally, put under a temporary key and moved into place → item published (upsert) once every asset exists
+    → run report JSON at ``<output>/_runs/<job name>/latest.json`` (and a timestamped copy)
+
+A failing item is recorded with its one-line error and does not stop the others; :attr:`RunReport.ok` says
+whether all succeeded. Re-running after a crash redoes only what has no published item with this model.
+Output item ids are ``<source id>_sr_<area name>``, so one source item over two areas gives two outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pystac
+
+from stacsr import tiles
+from stacsr.batch.spec import Area, JobSpec, area_bbox
+from stacsr.catalog import publish as P
+from stacsr.catalog import search as S
+from stacsr.catalog.items import build_collection, build_item, output_collection_id, output_id
+from stacsr.catalog.presets import Preset
+from stacsr.engine import Engine, LocalEngine
+from stacsr.io import grid as G
+from stacsr.io import store
+from stacsr.io.read import first_line
+from stacsr.io.write import write_cog
+from stacsr.model.package import ModelPackage
+from stacsr.pipeline import Job, item_window, read_job, super_resolve
+
+RUNS_FOLDER = "_runs"
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One output to make: a source item over one area."""
+
+    item: dict[str, Any]
+    area: Area
+    bbox: tuple[float, float, float, float] | None
+
+    @property
+    def output_id(self) -> str:
+        return batch_item_id(self.item["id"], self.area.name)
+
+
+@dataclass
+class Outcome:
+    item: str
+    status: str  # done | skipped (already published with this model) | nodata | failed
+    error: str | None = None
+    km2: float = 0.0
+    output_pixels: int = 0
+    tiles: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    job: str
+    model: str
+    sha256: str
+    datetime: str | None
+    started: str
+    seconds: float = 0.0
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        done = [o for o in self.outcomes if o.status == "done"]
+        pixels, tiles_ = sum(o.output_pixels for o in done), sum(o.tiles for o in done)
+        return {
+            "job": self.job, "model": self.model, "sha256": self.sha256, "datetime": self.datetime,
+            "started": self.started, "seconds": round(self.seconds, 3), "ok": self.ok,
+            "items": {"found": len(self.outcomes), "skipped": self.count("skipped"), "done": len(done),
+                      "failed": self.count("failed"), "nodata": self.count("nodata")},
+            "km2": round(sum(o.km2 for o in done), 6), "output_pixels": pixels, "tiles": tiles_,
+            "pixels_per_second": round(pixels / self.seconds, 1) if self.seconds else 0.0,
+            "tiles_per_second": round(tiles_ / self.seconds, 3) if self.seconds else 0.0,
+            "outcomes": [asdict(o) for o in self.outcomes],
+        }  # fmt: skip
+
+
+def batch_item_id(source_id: str, area: str) -> str:
+    return f"{output_id(source_id)}_{area}"
+
+
+# ------------------------------------------------------------------ where items are published
+
+
+class Target:
+    """A publish target: tells whether an output is already done, and publishes one (thread-safe)."""
+
+    def __init__(self, spec: JobSpec, package: ModelPackage) -> None:
+        self.spec, self.package, self.lock = spec, package, threading.Lock()
+        self.api: P.ApiPublisher | None = None
+        self._collection_ready = False
+
+    def collection_id(self, source_collection: str | None) -> str:
+        return self.spec.publish.collection or output_collection_id(source_collection)
+
+    def _api(self, collection_id: str) -> P.ApiPublisher:
+        if self.api is None or self.api.collection_id != collection_id:
+            self.api = P.ApiPublisher(self.spec.publish.api, collection_id)  # type: ignore[arg-type]
+        return self.api
+
+    def existing(self, item_id: str, collection_id: str) -> dict[str, Any] | None:
+        if self.spec.publish.api:
+            return self._api(collection_id).get_item(item_id)
+        path = P.item_folder(self.spec.publish.catalog, collection_id, item_id) / f"{item_id}.json"  # type: ignore[arg-type]
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def done(self, item_id: str, collection_id: str) -> bool:
+        found = self.existing(item_id, collection_id)
+        return bool(found) and found.get("properties", {}).get("stacsr:model", {}).get("sha256") == self.package.sha256
+
+    def publish(self, item: pystac.Item, source_collection: str | None) -> None:
+        with self.lock:
+            if self.spec.publish.api:
+                api = self._api(self.collection_id(source_collection))
+                if not self._collection_ready:
+                    api.ensure_collection(build_collection([item], source_collection, self.package))
+                    self._collection_ready = True
+                api.upsert(item)
+            else:
+                P.publish_static(self.spec.publish.catalog, [item], source_collection, self.package)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the run
+
+
+def plan(spec: JobSpec, preset: Preset, window: str | None) -> list[Task]:
+    """Search every area; one task per (item, area), least cloudy first within an area."""
+    tasks = []
+    for area in spec.areas:
+        bbox = area_bbox(area)
+        items = S.search(preset, bbox, window, spec.max_cloud, spec.limit, mgrs=area.mgrs)
+        if spec.best_per_tile:
+            items = S.best_per_tile(items, preset)
+        tasks += [Task(item, area, bbox) for item in items]
+    return tasks
+
+
+def process(task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, target: Target) -> Outcome:
+    """Make and publish one output (or say why not); never raises for a problem of this item alone."""
+    start = time.perf_counter()
+    item_id = task.output_id
+    collection = target.collection_id(task.item.get("collection"))
+    try:
+        if target.done(item_id, collection):
+            return Outcome(item_id, "skipped")
+        keys = preset.asset_keys(list(package.card.bands))
+        bbox = task.bbox or tuple(task.item["bbox"])
+        job = Job(task.item, keys, G.crop(*item_window(task.item, keys, bbox)))
+        image = read_job(job, preset)
+        if not image.any():
+            return Outcome(item_id, "nodata", seconds=time.perf_counter() - start)
+        sr = super_resolve(image, package, engine, spec.resources.tile_size)
+        del image
+        grid = G.zoom_in(job.grid, package.card.scale)
+        hrefs = write_assets(sr, grid, spec, package, collection, item_id)
+        item = build_item(job.item, grid, hrefs, package, source_href=_self_href(task.item))
+        item.id = item_id
+        item.properties["stacsr:area"] = task.area.name
+        target.publish(item, task.item.get("collection"))
+        return Outcome(item_id, "done", km2=G.area_km2(job.grid), output_pixels=int(np.prod(sr.shape[1:])),
+                       tiles=len(tiles.plan(job.grid.shape.yx, spec.resources.tile_size)),
+                       seconds=time.perf_counter() - start)  # fmt: skip
+    except Exception as e:  # one item's failure is reported, the others go on
+        return Outcome(item_id, "failed", error=first_line(e), seconds=time.perf_counter() - start)
+
+
+def write_assets(sr: np.ndarray, grid: G.GeoBox, spec: JobSpec, package: ModelPackage, collection: str,
+                 item_id: str) -> dict[str, str]:  # fmt: skip
+    """One COG per band, written locally then put in place under ``<output>/<collection>/<item>/``."""
+    hrefs = {}
+    with tempfile.TemporaryDirectory(prefix="stacsr-batch-") as folder:
+        for band, layer in zip(package.card.bands, sr):
+            name = f"{item_id}_{band}.tif"
+            local = write_cog(Path(folder) / name, layer, grid, [band], compress=spec.compress)
+            url = store.join(spec.output, collection, item_id, name)
+            store.put(local, url)
+            hrefs[band] = url if spec.remote_output else str(Path(url).resolve())
+    return hrefs
+
+
+def _self_href(item: dict[str, Any]) -> str | None:
+    return next((link["href"] for link in item.get("links", []) if link.get("rel") == "self"), None)
+
+
+def run(spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, now: datetime | None = None,
+        log: Log | None = None) -> RunReport:  # fmt: skip
+    """Run a batch job; returns (and writes into the output) its report. Errors before any item is touched
+    (search, unreachable target) raise; errors of single items are in the report."""
+    log = log or (lambda _: None)
+    now = now or datetime.now(timezone.utc)
+    window = spec.window(now)
+    report = RunReport(spec.name, package.ref, package.sha256, window, now.isoformat().replace("+00:00", "Z"))
+    start = time.perf_counter()
+    tasks = plan(spec, preset, window)
+    log(f"{len(tasks)} item(s) over {len(spec.areas)} area(s), {window or 'any date'}")
+    target = Target(spec, package)
+    workers = 1 if isinstance(engine, LocalEngine) else spec.resources.items_in_flight
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stacsr-item") as pool:
+        for outcome in pool.map(lambda t: process(t, spec, preset, package, engine, target), tasks):
+            report.outcomes.append(outcome)
+            log(f"{outcome.status:8} {outcome.item}" + (f": {outcome.error}" if outcome.error else ""))
+    report.seconds = time.perf_counter() - start
+    write_report(report, spec)
+    return report
+
+
+def report_url(spec: JobSpec, name: str = "latest.json") -> str:
+    return store.join(spec.output, RUNS_FOLDER, spec.name, name)
+
+
+def write_report(report: RunReport, spec: JobSpec) -> str:
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    stamp = report.started.replace(":", "").replace("-", "")
+    store.write_text(report_url(spec, f"{stamp}.json"), text)
+    return store.write_text(report_url(spec), text)
+
