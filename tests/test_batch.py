@@ -277,3 +277,61 @@ def test_a_broken_item_fails_alone_and_the_exit_code_says_so(sources, pgstac, tm
     published = sorted(p.parent.name for p in out.glob(f"{COLLECTION}-sr/*/*.json"))
     assert len(published) == 3 and not any(p.startswith(broken_id + "_") for p in published)
     assert not list((out / f"{COLLECTION}-sr").glob(f"{failed['item']}/*.tif"))  # nothing left for the failed one
+
+
+# ------------------------------------------------------------------ as a Ray job on a `ray start` cluster
+
+
+@pytest.mark.slow
+def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
+    """``ray start --head`` on loopback, then ``JobSubmissionClient.submit_job("stacsr batch job.yaml")``: the job
+    joins that cluster (RAY_ADDRESS set by Ray), succeeds, and its outputs and report are there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tests.fixtures.services import HOST, RAY_TEST_ENV, free_port, wait_for_http
+
+    out = tmp_path / "out"
+    spec = {"name": "submitted", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
+            "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": str(out),
+            "publish": {"catalog": str(out)}, "resources": {"actors": 1, "tile_size": 64}}  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths live under it
+    dash = free_port()
+    env = {**os.environ, **RAY_TEST_ENV}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "ray-head.log"
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={free_port()}", f"--node-ip-address={HOST}",
+           "--num-cpus=2", "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={dash}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+           f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
+    with open(log, "wb") as f:
+        head = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(f"http://{HOST}:{dash}/api/version", 90, head, log)
+        client = JobSubmissionClient(f"http://{HOST}:{dash}")
+        job_id = client.submit_job(entrypoint=f"{bin_dir / 'stacsr'} batch {tmp_path / 'job.yaml'}")
+        deadline = time.monotonic() + 240
+        while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert time.monotonic() < deadline, client.get_job_logs(job_id)
+            time.sleep(1)
+        logs = client.get_job_logs(job_id)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster; never `ray stop` (it stops every Ray)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", temp], check=False)
+    assert status == JobStatus.SUCCEEDED, logs
+    assert "Ray, 1 actors" in logs
+    report = json.loads((out / "_runs" / "submitted" / "latest.json").read_text())
+    assert report["ok"] and report["items"]["done"] == 4
+    assert len(list(out.glob(f"{COLLECTION}-sr/*/*.tif"))) == 16

@@ -1,6 +1,9 @@
 """Kubernetes manifests under infra/ and jobs/: they parse, KubeRay kinds match the KubeRay 1.7 CRD schemas
 (../shared/kuberay-crds, made strict), built-in kinds and pod templates match Kubernetes' own schemas
-(kubernetes-validate, offline), the training config a RayJob points at loads, and no credential is written in."""
+(kubernetes-validate, offline), the training config a RayJob points at loads, the batch RayJob and its two
+weekly schedules (RayCronJob; CronJob + RBAC creating a RayJob) agree with each other and with the job spec they
+mount, and no credential is written in. Manifests embedded as YAML text in ConfigMaps (the RayJob the CronJob
+creates) are checked like the others; `job_specs()` lists the `stacsr batch` job specs the ConfigMaps hold."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import copy
 import functools
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -34,12 +39,70 @@ def _of_kind(*kinds):
     return [pytest.param(m, id=_id(m)) for m in MANIFESTS if m[2]["kind"] in kinds]
 
 
+BATCH_RAYJOB = "jobs/kuberay/batch-rayjob.yaml"
+RAYCRONJOB = "jobs/kuberay/alps-weekly-raycronjob.yaml"
+CRONJOB = "jobs/kuberay/alps-weekly-cronjob.yaml"
+BATCH_FILES = (BATCH_RAYJOB, RAYCRONJOB, CRONJOB)
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def _embedded_manifests():
+    """Kubernetes objects written as YAML text in a ConfigMap (a `*.yaml` key), as (path, source, object): e.g.
+    the RayJob manifest the CronJob's pod passes to `kubectl create -f`."""
+    out = []
+    for path, i, doc in MANIFESTS:
+        if doc["kind"] != "ConfigMap":
+            continue
+        for key, text in (doc.get("data") or {}).items():
+            if key.endswith((".yaml", ".yml")):
+                for j, inner in enumerate(yaml.safe_load_all(text)):
+                    if isinstance(inner, dict) and "apiVersion" in inner and "kind" in inner:
+                        out.append((path, f"{_rel(path)}#{i}:ConfigMap/{doc['metadata']['name']}/{key}#{j}", inner))
+    return out
+
+
+EMBEDDED = _embedded_manifests()
+
+
+def rayjob_specs():
+    """Every RayJob spec that can run, as (path, source, spec): RayJob objects, RayCronJob jobTemplates and RayJobs
+    embedded in ConfigMaps."""
+    out = []
+    for path, i, doc in MANIFESTS:
+        if doc["kind"] == "RayJob":
+            out.append((path, f"{_rel(path)}#{i}:RayJob", doc["spec"]))
+        elif doc["kind"] == "RayCronJob":
+            out.append((path, f"{_rel(path)}#{i}:RayCronJob.jobTemplate", doc["spec"]["jobTemplate"]))
+    out += [(path, source, doc["spec"]) for path, source, doc in EMBEDDED if doc["kind"] == "RayJob"]
+    return out
+
+
+def _of_specs(pred=lambda spec: True):
+    return [pytest.param(item, id=item[1]) for item in rayjob_specs() if pred(item[2])]
+
+
+def job_specs() -> list[tuple[str, dict]]:
+    """The `stacsr batch` job specs under jobs/kuberay: the `job.yaml` key of every ConfigMap there, as
+    (source, parsed dict) — source names the file, the document and the ConfigMap. For checking them with the
+    job-spec loader."""
+    out = []
+    for path, i, doc in MANIFESTS:
+        if doc["kind"] == "ConfigMap" and path.is_relative_to(ROOT / "jobs" / "kuberay"):
+            text = (doc.get("data") or {}).get("job.yaml")
+            if text is not None:
+                out.append((f"{_rel(path)}#{i}:ConfigMap/{doc['metadata']['name']}", yaml.safe_load(text)))
+    return out
+
+
 # --- parsing -------------------------------------------------------------------------------------------------
 
 def test_yaml_files_found():
     names = {p.relative_to(ROOT).as_posix() for p in YAML_FILES}
     assert {"infra/kuberay/raycluster.yaml", "infra/kuberay/operator-values.yaml",
-            "jobs/kuberay/train-rayjob.yaml", "jobs/examples/train.yaml"} <= names
+            "jobs/kuberay/train-rayjob.yaml", "jobs/examples/train.yaml", *BATCH_FILES} <= names
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -155,6 +218,7 @@ def test_builtin_kind_valid(item):
 
 
 def _pod_templates(doc):
+    """The Ray pod templates (head, then worker groups) of a RayCluster, RayJob or RayCronJob."""
     spec = doc["spec"]
     if doc["kind"] == "RayCronJob":
         spec = spec["jobTemplate"]
@@ -164,14 +228,18 @@ def _pod_templates(doc):
     return [g["template"] for g in groups if g]
 
 
+def _validate_pod_template(kv, version, template):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t", **template.get("metadata", {})},
+           "spec": template["spec"]}
+    kv.validate(pod, version, strict=True)
+
+
 @pytest.mark.parametrize("item", _of_kind(*KUBERAY_KINDS))
 def test_kuberay_pod_templates_valid_pods(item):
     """The CRDs embed PodSpec; Kubernetes' own (newer) schema checks it again, strictly."""
     kv, version = _kv()
     for template in _pod_templates(item[2]):
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t", **template.get("metadata", {})},
-               "spec": template["spec"]}
-        kv.validate(pod, version, strict=True)
+        _validate_pod_template(kv, version, template)
 
 
 def test_builtin_validation_rejects_unknown_key():
@@ -286,6 +354,324 @@ def test_train_config_of_rayjob_loads(tmp_path):
     load_config(ROOT / "jobs/examples/train.yaml")
 
 
+# --- batch: the RayJob, its two weekly schedules, the job spec they mount ------------------------------------
+
+def _rayjob_doc(spec, name="t"):
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": name}, "spec": spec}
+
+
+def _batch(spec) -> bool:
+    return shlex.split(spec.get("entrypoint", ""))[:2] == ["stacsr", "batch"]
+
+
+def _docs(rel: str):
+    return [d for p, _, d in MANIFESTS if _rel(p) == rel]
+
+
+def _one(rel: str, kind: str, name: str | None = None):
+    (doc,) = [d for d in _docs(rel) if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    return doc
+
+
+def test_embedded_rayjob_found():
+    assert [s for p, s, d in EMBEDDED if _rel(p) == CRONJOB and d["kind"] == "RayJob"]
+    sources = {s.split("#")[0] for _, s, _ in rayjob_specs()}
+    assert set(BATCH_FILES) <= sources
+
+
+@pytest.mark.parametrize("item", [pytest.param(e, id=e[1]) for e in EMBEDDED if e[2]["kind"] in KUBERAY_KINDS])
+def test_embedded_kuberay_kind_matches_crd(item):
+    doc = copy.deepcopy(item[2])
+    doc["metadata"].setdefault("name", doc["metadata"].get("generateName", "") + "abcde")
+    assert crd_errors(doc) == [], item[1]
+
+
+@pytest.mark.parametrize("item", _of_specs())
+def test_rayjob_spec_matches_crd(item):
+    """Each RayJob spec — a RayCronJob's jobTemplate and a RayJob kept as text included — is a valid RayJob."""
+    _, source, spec = item
+    assert crd_errors(_rayjob_doc(spec)) == [], source
+    if spec.get("rayClusterSpec"):
+        assert spec["rayClusterSpec"]["rayVersion"] == _ray_pin()
+
+
+@pytest.mark.parametrize("item", _of_specs())
+def test_rayjob_spec_pods_valid(item):
+    kv, version = _kv()
+    spec = item[2]
+    templates = _pod_templates(_rayjob_doc(spec)) + [t for t in [spec.get("submitterPodTemplate")] if t]
+    for template in templates:
+        _validate_pod_template(kv, version, template)
+    if spec.get("submitterPodTemplate"):  # KubeRay takes it as it is: a Job's pod must not restart
+        assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_crd_check_sees_a_broken_raycronjob_template():
+    doc = copy.deepcopy(_one(RAYCRONJOB, "RayCronJob"))
+    assert crd_errors(doc) == []
+    doc["spec"]["jobTemplate"]["shutdownAfterJobFinish"] = True  # typo
+    doc["spec"]["concurrencyPolicy"] = "Forbid"                   # a CronJob field RayCronJob does not have
+    errors = crd_errors(doc)
+    assert any("shutdownAfterJobFinish" in e for e in errors) and any("concurrencyPolicy" in e for e in errors)
+
+
+def test_rayjob_names_fit_kuberay_limits():
+    """RayJob names are DNS-1035 labels of at most 47 characters (KubeRay appends 6 for the RayCluster);
+    generateName and RayCronJob add 5 random characters (after a '-' for the RayCronJob)."""
+    names = [d["metadata"]["name"] for _, _, d in MANIFESTS if d["kind"] == "RayJob"]
+    names += [d["metadata"]["name"] + "-abcde" for _, _, d in MANIFESTS if d["kind"] == "RayCronJob"]
+    names += [d["metadata"].get("name") or d["metadata"]["generateName"] + "abcde"
+              for _, _, d in EMBEDDED if d["kind"] == "RayJob"]
+    assert names
+    for name in names:
+        assert len(name) <= 47 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+
+
+def test_job_specs_found():
+    specs = job_specs()
+    by_file = {source.split("#")[0] for source, _ in specs}
+    assert set(BATCH_FILES) <= by_file
+    for source, spec in specs:
+        assert isinstance(spec, dict) and spec.get("name"), source
+
+
+def test_same_configmap_same_data():
+    """A ConfigMap repeated in several files (the job spec, so each file applies on its own) is the same
+    everywhere: applying one file must not change what another runs."""
+    seen: dict[str, tuple[str, dict]] = {}
+    for path, _, doc in MANIFESTS:
+        if doc["kind"] == "ConfigMap":
+            name = doc["metadata"]["name"]
+            first = seen.setdefault(name, (_rel(path), doc["data"]))
+            assert doc["data"] == first[1], f"ConfigMap {name}: {_rel(path)} differs from {first[0]}"
+    assert "stacsr-alps-weekly" in seen
+
+
+def test_weekly_rayjob_specs_identical():
+    """The one-off RayJob, the RayCronJob's jobTemplate and the RayJob the CronJob creates run the same thing."""
+    once = _one(BATCH_RAYJOB, "RayJob")["spec"]
+    assert _one(RAYCRONJOB, "RayCronJob")["spec"]["jobTemplate"] == once
+    (embedded,) = [d for p, _, d in EMBEDDED if _rel(p) == CRONJOB and d["kind"] == "RayJob"]
+    assert embedded["spec"] == once
+
+
+def _mounted_configmap(path: Path, spec, file: PurePosixPath):
+    """The ConfigMap (defined in the same manifest file) that every Ray pod of a RayJob spec mounts at
+    file's folder; returns (configmap, key)."""
+    names = set()
+    for tpl in _pod_templates(_rayjob_doc(spec)):
+        volumes = {v["name"]: v for v in tpl["spec"].get("volumes", [])}
+        for c in tpl["spec"]["containers"]:
+            mounts = [m for m in c.get("volumeMounts", []) if PurePosixPath(m["mountPath"]) == file.parent]
+            assert mounts, f"{file.parent} is not mounted in container {c['name']}"
+            names.add(volumes[mounts[0]["name"]]["configMap"]["name"])
+    (name,) = names
+    (cm,) = [d for p, _, d in MANIFESTS if p == path and d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
+    assert file.name in cm["data"], f"ConfigMap {name} has no key {file.name}"
+    return cm, file.name
+
+
+def _cpu(quantity) -> float:
+    q = str(quantity)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+@pytest.mark.parametrize("item", _of_specs(_batch))
+def test_batch_rayjob(item):
+    path, source, spec = item
+    args = shlex.split(spec["entrypoint"])
+    assert len(args) == 3 and "--address" not in spec["entrypoint"], args  # RAY_ADDRESS comes from Ray
+    cm, key = _mounted_configmap(path, spec, PurePosixPath(args[2]))
+    job = yaml.safe_load(cm["data"][key])
+
+    assert spec["submissionMode"] == "K8sJobMode"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    assert spec["activeDeadlineSeconds"] > 0 and spec["preRunningDeadlineSeconds"] > 0
+    assert "clusterSelector" not in spec
+
+    cluster = spec["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # actors go to the workers
+    workers = cluster["workerGroupSpecs"]
+    cpus = sum(g["replicas"] * _cpu(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+               for g in workers)
+    gpus = sum(g["replicas"] * g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+               for g in workers)
+    res = job["resources"]
+    assert cpus >= res["actors"], f"{source}: {cpus} worker CPUs for {res['actors']} one-CPU actors"
+    assert gpus >= res["actors"] * res["gpus_per_actor"], source
+    if not res["gpus_per_actor"]:
+        assert gpus == 0, f"{source}: GPU workers the job spec does not use"
+    for g in workers:
+        assert g["minReplicas"] == g["replicas"] == g["maxReplicas"]  # no autoscaler: fixed size
+
+    templates = _pod_templates(_rayjob_doc(spec)) + [spec["submitterPodTemplate"]]
+    for tpl in templates:
+        assert tpl["spec"]["securityContext"]["runAsNonRoot"] is True
+        for c in tpl["spec"]["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert {"requests", "limits"} <= set(c["resources"])
+    if job["output"].startswith("s3://"):  # credentials for the output, from the Secret, on every Ray pod
+        for tpl in templates[:-1]:
+            for c in tpl["spec"]["containers"]:
+                assert {"secretRef": {"name": "stacsr-object-store"}} in c["envFrom"], source
+
+
+WEEK = 7 * 24 * 3600
+
+
+def _weekly(schedule: str) -> bool:
+    minute, hour, dom, month, dow = schedule.split()
+    return dom == month == "*" and all(re.fullmatch(r"\d+", f) for f in (minute, hour, dow))
+
+
+def test_raycronjob_schedule():
+    doc = _one(RAYCRONJOB, "RayCronJob")
+    spec = doc["spec"]
+    assert doc["apiVersion"] == "ray.io/v1"
+    assert _weekly(spec["schedule"]) and "TZ" not in spec["schedule"]  # KubeRay: the zone goes in timeZone
+    assert spec["timeZone"] == "UTC"
+    assert spec.get("suspend") is not True
+    job = spec["jobTemplate"]
+    # RayCronJob has no concurrencyPolicy: a run must give up (every attempt) before the next one starts
+    assert (job["preRunningDeadlineSeconds"] + job["activeDeadlineSeconds"]) * (job["backoffLimit"] + 1) < WEEK
+
+
+def _script(container) -> str:
+    assert container["command"][:2] == ["/bin/bash", "-c"], container["command"]
+    return (container["args"][0] if len(container["command"]) == 2 else container["command"][2]).replace("\\\n", " ")
+
+
+def _kubectl_calls(script: str) -> list[list[str]]:
+    return [shlex.split(m.group(1)) for m in re.finditer(r"\bkubectl\s+([^\n;|>&]+)", script)]
+
+
+def _needed_verbs(calls, manifests) -> dict[tuple[str, str], set[str]]:
+    """RBAC verbs the kubectl calls need, per (apiGroup, resource): `get TYPE -l …` lists, `get TYPE NAME` gets,
+    `create -f FILE` creates what FILE holds, `delete TYPE NAME… --wait=false` deletes (no get, no watch)."""
+    plural = {"rayjob": "rayjobs", "rayjobs": "rayjobs"}
+    need: dict[tuple[str, str], set[str]] = {}
+    for call in calls:
+        verb, rest = call[0], call[1:]
+        if verb == "create":
+            target = rest[rest.index("-f") + 1]
+            (doc,) = [yaml.safe_load(text) for file, text in manifests.items() if file == target]
+            group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
+            need.setdefault((group, doc["kind"].lower() + "s"), set()).add("create")
+            continue
+        resource = plural[rest[0]]
+        names = [a for a in rest[1:] if not a.startswith("-")]
+        if verb == "get":
+            verbs = {"list"} if ("-l" in rest or any(a.startswith("--selector") for a in rest)) else {"get"}
+            verbs |= {"watch"} if ("-w" in rest or "--watch" in rest) else set()
+        elif verb == "delete":
+            assert "--wait=false" in rest, "kubectl delete waits with get+watch by default"
+            verbs = {"delete"} | ({"list"} if "-l" in rest else set())
+        else:
+            raise AssertionError(f"kubectl {verb}: add its verbs here")
+        assert resource == "rayjobs" and (names or "-l" in rest or verb == "get"), call
+        need.setdefault(("ray.io", resource), set()).update(verbs)
+    return need
+
+
+def _cronjob_parts():
+    docs = _docs(CRONJOB)
+    cron = _one(CRONJOB, "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    manifests = {}  # path in the container → text, for every ConfigMap key mounted
+    for m in container.get("volumeMounts", []):
+        cm_ref = volumes[m["name"]].get("configMap")
+        if cm_ref:
+            cm = _one(CRONJOB, "ConfigMap", cm_ref["name"])
+            for key, text in cm["data"].items():
+                manifests[f"{m['mountPath'].rstrip('/')}/{key}"] = text
+    return docs, cron, pod, container, manifests
+
+
+def test_cronjob_fallback():
+    docs, cron, pod, container, manifests = _cronjob_parts()
+    assert cron["apiVersion"] == "batch/v1"
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    raycron = _one(RAYCRONJOB, "RayCronJob")["spec"]
+    assert (spec["schedule"], spec["timeZone"]) == (raycron["schedule"], raycron["timeZone"])
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert "kubectl" in container["image"]
+
+    script = _script(container)
+    calls = _kubectl_calls(script)
+    assert ["create", "-f", "/manifests/rayjob.yaml"] == calls[[c[0] for c in calls].index("create")][:3]
+    rayjob = yaml.safe_load(manifests["/manifests/rayjob.yaml"])
+    assert rayjob["kind"] == "RayJob" and "name" not in rayjob["metadata"] and rayjob["metadata"]["generateName"]
+
+    # the selector the script lists earlier runs by is a label every created RayJob carries
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    key, _, value = env["SELECTOR"].partition("=")
+    assert rayjob["metadata"]["labels"][key] == value
+    assert int(env["KEEP"]) >= 1
+
+
+def test_cronjob_rbac_is_exactly_what_the_script_needs():
+    docs, cron, pod, container, manifests = _cronjob_parts()
+    sa = _one(CRONJOB, "ServiceAccount")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"
+                  and any(s["kind"] == "ServiceAccount" and s["name"] == sa["metadata"]["name"] for s in d["subjects"])]
+    assert all("namespace" not in s for s in binding["subjects"])  # the binding's namespace, wherever applied
+    assert binding["roleRef"]["kind"] == "Role"  # namespaced: no ClusterRole
+    role = _one(CRONJOB, "Role", binding["roleRef"]["name"])
+
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource) and "*" not in rule["verbs"]
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    needed = _needed_verbs(_kubectl_calls(_script(container)), manifests)
+    assert granted == needed == {("ray.io", "rayjobs"): {"create", "list", "delete"}}
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("awk") and shutil.which("head")),
+                    reason="needs bash, awk, head")
+@pytest.mark.parametrize("runs, created, deleted, code", [
+    ([], True, [], 0),
+    ([("w-1", "Complete")], True, [], 0),
+    ([("w-1", "Failed"), ("w-2", "ValidationFailed"), ("w-3", "Complete"), ("w-4", "Complete"),
+      ("w-5", "Complete")], True, ["w-1", "w-2"], 0),
+    ([("w-1", "Complete"), ("w-2", "Running")], False, [], 3),
+    ([("w-1", "<none>")], False, [], 3),  # just created: no status yet
+], ids=["first", "one-earlier", "prune", "running", "new"])
+def test_cronjob_script(tmp_path, runs, created, deleted, code):
+    """The CronJob's script against a stand-in kubectl: one run at a time, then create, then prune."""
+    _, _, _, container, _ = _cronjob_parts()
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (tmp_path / "runs.txt").write_text("".join(f"{n}   {s}\n" for n, s in runs))
+    fake = tmp_path / "bin" / "kubectl"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/bash\necho "$*" >> "$CALLS"\nif [ "$1" = get ]; then cat "$RUNS"; fi\n')
+    fake.chmod(0o755)
+    script = container["args"][0].replace("/tmp/", f"{tmp_path}/")
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30,
+        env={**env, "HOME": str(tmp_path), "PATH": f"{fake.parent}:/usr/bin:/bin",
+             "CALLS": str(tmp_path / "calls"), "RUNS": str(tmp_path / "runs.txt")})
+    assert result.returncode == code, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0].startswith(f"get rayjobs -l {env['SELECTOR']} ")
+    assert any(c.startswith("create -f /manifests/rayjob.yaml") for c in calls) is created
+    deletes = [c.split() for c in calls if c.startswith("delete")]
+    assert [n for d in deletes for n in d[2:] if not n.startswith("-")] == deleted
+    if code == 3:
+        assert "not finished" in result.stderr
+
+
 # --- no credentials in manifests -----------------------------------------------------------------------------
 
 SECRET_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|ACCOUNT_KEY|SAS", re.I)
@@ -317,6 +703,10 @@ def secret_problems(text: str) -> list[str]:
             if "name" in node and ("value" in node or "valueFrom" in node) and SECRET_ENV.search(str(node["name"])):
                 if "value" in node or "secretKeyRef" not in (node.get("valueFrom") or {}):
                     problems.append(f"{node['name']} not from a Secret")
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":  # manifests kept as text in a ConfigMap
+            for key, value in (doc.get("data") or {}).items():
+                if key.endswith((".yaml", ".yml")):
+                    problems += [f"{key}: {p}" for p in secret_problems(value)]
     return problems
 
 
@@ -331,6 +721,19 @@ def test_no_literal_secrets(path):
     {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}},
     {"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},
     {"id": "AKIAIOSFODNN7EXAMPLE"},
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "data": {"rayjob.yaml": yaml.safe_dump(
+        {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]})}},
 ])
 def test_secret_check_catches_literal(bad):
     assert secret_problems(yaml.safe_dump(bad))
+
+
+def test_job_specs_in_configmaps_load_with_the_spec_loader():
+    from stacsr.batch import spec as J
+
+    found = job_specs()
+    assert len(found) >= 3
+    example = J.load(ROOT / "jobs" / "examples" / "alps-weekly.yaml")
+    for source, data in found:
+        spec = J.from_dict(data)
+        assert spec == example, source  # the scheduled job runs exactly the documented example
