@@ -41,7 +41,7 @@ test: install-test
 	$(PY) -m pytest -q
 
 bench: install-test
-	$(PY) -m tests.bench && $(PY) -m tests.bench_train
+	$(PY) -m tests.bench && $(PY) -m tests.bench_train && $(PY) -m tests.bench_batch
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

@@ -45,10 +45,10 @@ class DiscriminatorSection:
 class LossSection:
     """Loss weights (0 turns a term off), GAN kind and the VGG19 weights file for the perceptual loss."""
 
-    l1: float = 1.0
-    l2: float = 0.0
-    vgg: float = 0.0
-    gan: float = 1e-3
+    l1: float = 0.0  # SR4RS: 0
+    l2: float = 100.0  # SR4RS: 100 (on reflectance, summed over scales)
+    vgg: float = 0.0  # SR4RS: 1, with a VGG file; off here unless vgg_weights is given
+    gan: float = 1.0  # SR4RS: 1 (WGAN-GP)
     gp: float = 10.0
     drift: float = 1e-3
     gan_kind: str = "wgan-gp"
@@ -64,9 +64,9 @@ class LossSection:
 class OptimiserSection:
     """Adam for both networks, with separate learning rates."""
 
-    lr_g: float = 1e-4
-    lr_d: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr_g: float = 1e-3  # SR4RS: 0.001
+    lr_d: float = 1e-3
+    betas: tuple[float, float] = (0.0, 0.999)  # SR4RS: β1 = 0
     eps: float = 1e-8
     schedule: str = "constant"  # constant | cosine (from lr down to final_lr_ratio × lr at the last step)
     warmup_steps: int = 0  # linear warm-up from 0 over these first steps
