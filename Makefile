@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 PG_PACKAGES := postgresql-15 postgresql-15-postgis-3
 
-.PHONY: install install-test system-deps demo test bench clean
+.PHONY: install install-test system-deps demo test faults bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q
+
+faults: install-test
+	$(PY) -m pytest -q -m faults -p no:cacheprovider
 
 bench: install-test
 	$(PY) -m tests.bench && $(PY) -m tests.bench_train && $(PY) -m tests.bench_batch

@@ -74,3 +74,17 @@ def ray_local():
         yield handle
     finally:
         handle.shutdown()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault matrix (tests/test_faults.py), when those tests ran: what was injected and what came of it."""
+    from tests.fixtures.faults import REPORT
+
+    if not REPORT:
+        return
+    cols = ["fault", "requests", "injected", "retried", "outcome", "data lost"]
+    widths = [max(len(c), *(len(str(r[c])) for r in REPORT)) for c in cols]
+    terminalreporter.section("fault matrix")
+    terminalreporter.write_line("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in REPORT:
+        terminalreporter.write_line("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))

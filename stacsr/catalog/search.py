@@ -60,13 +60,11 @@ def search(
     mgrs: str | None = None,
 ) -> list[dict[str, Any]]:
     """Items of ``preset.collection`` intersecting ``bbox`` (and/or of MGRS tile ``mgrs``), least cloudy first."""
-    from pystac_client import Client
-
     if bbox is None and mgrs is None:
         raise SearchError("a search needs a bbox or an MGRS tile")
     bbox = check_bbox(bbox) if bbox is not None else None
     datetime_ = check_datetime(datetime_)
-    client = Client.open(preset.url)
+    client = open_client(preset.url)
     query: dict[str, Any] = {"eo:cloud_cover": {"lte": max_cloud}} if max_cloud is not None else {}
     if mgrs is not None:
         query.update(mgrs_query(preset, check_mgrs(mgrs)))
@@ -95,6 +93,23 @@ def mgrs_query(preset: Preset, tile: str) -> dict[str, Any]:
     if preset.name == "earth-search":
         return {"grid:code": {"eq": f"MGRS-{tile}"}}
     return {"s2:mgrs_tile": {"eq": tile}}
+
+
+STAC_RETRIES = 5
+STAC_TIMEOUT = (15.0, 60.0)  # connect, read (seconds)
+
+
+def open_client(url: str) -> Any:
+    """A pystac-client ``Client`` whose requests (searches are POSTs, pages included) are retried with
+    back-off on connection errors, timeouts, 429 (honouring Retry-After) and 5xx; bounded by
+    :data:`STAC_RETRIES` and :data:`STAC_TIMEOUT`."""
+    from pystac_client import Client
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=STAC_RETRIES, backoff_factor=0.3, status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)  # fmt: skip
+    return Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=STAC_TIMEOUT), timeout=STAC_TIMEOUT)
 
 
 def cloud(item: dict[str, Any]) -> float:

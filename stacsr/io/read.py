@@ -6,10 +6,12 @@ Error messages name the asset and strip query strings, so no token is ever print
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -20,16 +22,45 @@ from stacsr.io import grid as G
 from stacsr.io.grid import GeoBox
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
-# GDAL settings for cloud reads: no directory listing, retries on transient HTTP errors.
-GDAL_ENV = {
+T = TypeVar("T")
+# GDAL settings for cloud reads: no directory listing, bounded timeouts, retries on transient HTTP errors
+# (429 and 5xx, with back-off; timeouts too). The same variables in the environment win (an operator's tuning).
+_GDAL_DEFAULTS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "5",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_CONNECTTIMEOUT": "15",
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "VSI_CACHE": "TRUE",
+    "VSI_CACHE": "TRUE",  # blocks cached while a file is open …
+    "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/:/vsis3/:/vsigs/:/vsiaz/",  # … not across opens: a retry refetches
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
 }
+GDAL_ENV = {k: os.environ.get(k, v) for k, v in _GDAL_DEFAULTS.items()}
+# Our own retries of a whole read, for what GDAL does not retry (a connection reset mid-body): bounded.
+READ_RETRIES = int(os.environ.get("STACSR_READ_RETRIES", "3"))
+_PERMANENT = re.compile(r"HTTP response code: 4(?!29)\d\d|does not exist|not recognized as|No such file")
+
+
+def is_permanent(e: BaseException) -> bool:
+    """A read error that retrying cannot cure (missing object, refused access, not a raster)."""
+    return bool(_PERMANENT.search(str(e)))
+
+
+def with_retries(read: Callable[[], T], retries: int | None = None, delay: float = 0.5) -> T:
+    """``read()``, tried again (with back-off) after a transient GDAL/rasterio error, at most ``retries`` more
+    times; a permanent error (:func:`is_permanent`) or the last one is raised as it is."""
+    retries = READ_RETRIES if retries is None else retries
+    for attempt in range(retries + 1):
+        try:
+            return read()
+        except (RasterioError, RasterioIOError, RuntimeError) as e:
+            if attempt == retries or is_permanent(e):
+                raise
+            time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ReadError(RuntimeError):
@@ -60,7 +91,7 @@ def read_item_window(item: dict[str, Any], asset_keys: Sequence[str], grid: GeoB
     )  # fmt: skip
     _check_grid(stack, grid, item["id"])
     try:
-        data = stack.isel(time=0).compute(scheduler="threads")
+        data = with_retries(lambda: stack.isel(time=0).compute(scheduler="threads"))
     except (RasterioError, RasterioIOError, RuntimeError) as e:
         bad = [k for k in asset_keys if _unreadable(item["assets"][k]["href"])]
         name = ", ".join(f"{k} ({redact(item['assets'][k]['href'])})" for k in bad) or ", ".join(asset_keys)
@@ -106,10 +137,13 @@ class Raster:
 
 def read_raster(href: str) -> Raster:
     """Read a GeoTIFF (any rasterio-readable href) whole; refuses rasters without CRS or rotated."""
-    try:
+    def read() -> Raster:
         with rasterio.Env(**GDAL_ENV), rasterio.open(href) as src:
             grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
             return Raster(src.read(), grid, list(src.descriptions), src.nodata)
+
+    try:
+        return with_retries(read)
     except RasterioError as e:
         raise ReadError(f"cannot read {redact(href)}: {first_line(e)}") from None
 

@@ -500,15 +500,13 @@ def search_hr_items(url: str, collection: str, bbox: Sequence[float], s2_items: 
                     max_days: float, limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Items of the HR ``collection`` at the STAC API ``url`` over ``bbox``, from ``max_days`` before the
     first S2 acquisition to ``max_days`` after the last (unsigned, like every searched item)."""
-    from pystac_client import Client
-
-    from stacsr.catalog.search import check_bbox, normalise
+    from stacsr.catalog.search import check_bbox, normalise, open_client
 
     dts = [d for d in (_datetime(i) for i in s2_items) if d is not None]
     if not dts:
         return []
     span = [min(dts) - timedelta(days=max_days), max(dts) + timedelta(days=max_days)]
-    found = Client.open(url).search(collections=[collection], bbox=check_bbox(bbox), datetime=span, max_items=limit)
+    found = open_client(url).search(collections=[collection], bbox=check_bbox(bbox), datetime=span, max_items=limit)
     return sorted((normalise(i) for i in found.items_as_dicts()), key=lambda i: str(i["id"]))
 
 

@@ -1,0 +1,174 @@
+"""Faults stacsr must survive, injected by a proxy on 127.0.0.1 (tests/fixtures/faults.py) in front of the real
+local services: the blob server (range reads), pgstac (STAC API) and moto (S3 PUTs).
+
+Transient faults (500/503, 429 with Retry-After, connections reset mid-body, answers delayed past the read
+timeout) must change nothing: outputs are bit-identical to a fault-free run. Permanent ones must end with a
+one-line error naming the asset (without its query string) and leave nothing published. ``make faults`` runs
+these tests alone and prints the table collected in :data:`tests.fixtures.faults.REPORT`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from typer.testing import CliRunner
+
+from stacsr import pipeline
+from stacsr.catalog import search as S
+from stacsr.catalog.presets import resolve
+from stacsr.cli import app
+from stacsr.engine import LocalEngine
+from stacsr.io import read as R
+from stacsr.io import store
+from stacsr.model import package as M
+from tests.fixtures import scenes as SC
+from tests.fixtures.faults import REPORT, FaultProxy
+from tests.fixtures.s3 import s3  # noqa: F401
+
+pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+COLLECTION = "s2-faults"
+AOI = SC.world_bbox(172, 172, 268, 300)
+TRANSIENT = {"5xx": 0.20, "429": 0.05, "reset": 0.05, "slow": 0.02}
+
+
+@pytest.fixture()
+def fast_timeouts(monkeypatch):
+    """A 2 s read timeout (the proxy delays 'slow' answers 3 s) and quick GDAL back-off, for test speed."""
+    monkeypatch.setitem(R.GDAL_ENV, "GDAL_HTTP_TIMEOUT", "2")
+    monkeypatch.setitem(R.GDAL_ENV, "GDAL_HTTP_RETRY_DELAY", "0.1")
+
+
+def record(fault: str, proxy: FaultProxy, outcome: str) -> None:
+    injected = sum(proxy.stats[k] for k in ("5xx", "429", "reset", "slow", "permanent"))
+    REPORT.append({"fault": fault, "requests": proxy.stats["requests"], "injected": injected,
+                   "retried": injected if outcome == "identical" else proxy.stats["permanent"],
+                   "outcome": outcome, "data lost": "none"})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def proxy(blob_server):
+    with FaultProxy(blob_server.url, rates=TRANSIENT, delay=3.0, seed=7) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def sources(pgstac, blob_server, proxy):
+    """The demo items twice: collection ``s2-faults`` read directly, ``s2-faults-proxied`` through the proxy."""
+    direct = SC.make_scenes(blob_server, "earth-search", collection=COLLECTION)
+
+    def through_proxy(item):
+        for asset in item["assets"].values():
+            asset["href"] = proxy.rewrite(asset["href"])
+        item["collection"] = COLLECTION + "-proxied"
+
+    proxied = SC.make_scenes(blob_server, "earth-search", collection=COLLECTION + "-proxied", edit=through_proxy)
+    SC.load(pgstac, direct)
+    SC.load(pgstac, proxied)
+    yield direct, proxied
+    pgstac.reset()
+
+
+def enhance(pgstac, collection: str, out: Path, stac_url: str | None = None):
+    preset = resolve("earth-search", collection, None, stac_url or pgstac.url)
+    items = S.search(preset, AOI)
+    package = M.load("default")
+    return pipeline.enhance(items, preset, AOI, out, package, LocalEngine(package), tile_size=64)
+
+
+def stacks(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name.split("-proxied")[0]: rasterio.open(p).read() for p in sorted(folder.rglob("*.tif"))}
+
+
+def test_enhance_through_faulty_range_reads_is_bit_identical(sources, pgstac, proxy, fast_timeouts, tmp_path):
+    clean = stacks(enhance(pgstac, COLLECTION, tmp_path / "clean").catalog.parent)
+    proxy.stats.clear()
+    faulty = stacks(enhance(pgstac, COLLECTION + "-proxied", tmp_path / "faulty").catalog.parent)
+    assert sum(proxy.stats[k] for k in ("5xx", "429", "reset", "slow")) >= 3, proxy.stats  # faults really happened
+    assert clean.keys() == {k.replace("-proxied", "") for k in faulty} and len(clean) == 8
+    for name, data in clean.items():
+        assert np.array_equal(faulty[name], data), name
+    record("range reads: 5xx, 429, resets, slow (enhance)", proxy, "identical")
+
+
+def test_sr_over_faulty_http_is_bit_identical(proxy, blob_server, fast_timeouts, tmp_path):
+    data = SC.truth(SC.OLD, slice(0, 200), slice(0, 200)).astype(np.uint16)
+    src = blob_server.root / "faults-sr" / "input.tif"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    from affine import Affine
+
+    with rasterio.open(src, "w", driver="GTiff", width=200, height=200, count=4, dtype="uint16", crs="EPSG:32632",
+                       transform=Affine(10, 0, 680000, 0, -10, 5340000), tiled=True, blockxsize=64,
+                       blockysize=64) as dst:  # fmt: skip
+        dst.write(data)
+    url = blob_server.file_url("faults-sr/input.tif")
+    runner = CliRunner()
+    assert runner.invoke(app, ["sr", url, str(tmp_path / "clean.tif"), "--no-ray", "--tile-size", "64"]).exit_code == 0
+    proxy.stats.clear()
+    r = runner.invoke(app, ["sr", proxy.rewrite(url), str(tmp_path / "faulty.tif"), "--no-ray", "--tile-size", "64"])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(rasterio.open(tmp_path / "faulty.tif").read(), rasterio.open(tmp_path / "clean.tif").read())
+    record("range reads: 5xx, 429, resets, slow (sr over HTTP)", proxy, "identical")
+
+
+def test_permanently_failing_asset_is_a_clear_error_and_publishes_nothing(sources, pgstac, blob_server, monkeypatch,
+                                                                         tmp_path):  # fmt: skip
+    monkeypatch.setitem(R.GDAL_ENV, "GDAL_HTTP_MAX_RETRY", "2")
+    monkeypatch.setitem(R.GDAL_ENV, "GDAL_HTTP_RETRY_DELAY", "0.1")
+    monkeypatch.setattr(R, "READ_RETRIES", 1)
+    with FaultProxy(blob_server.url, rates={}, permanent=("/B08.tif",)) as broken:
+        item = json.loads(json.dumps(sources[0].items[0]))
+        for asset in item["assets"].values():
+            asset["href"] = broken.rewrite(asset["href"]) + "?token=s3cr3t-value"
+        preset = resolve("earth-search", COLLECTION, None, pgstac.url)
+        package = M.load("default")
+        with pytest.raises(R.ReadError) as e:
+            pipeline.enhance([item], preset, AOI, tmp_path / "out", package, LocalEngine(package), tile_size=64)
+    message = str(e.value)
+    assert "\n" not in message and "nir" in message and "B08.tif" in message
+    assert "s3cr3t" not in message and "token=" not in message
+    assert not list((tmp_path / "out").rglob("*.json")) and not list((tmp_path / "out").rglob("*.tif"))
+    record("asset answering 503 for ever", broken, "clear error")
+
+
+def test_stac_search_retries_transient_api_failures(sources, pgstac):
+    expected = [i["id"] for i in S.search(resolve("earth-search", COLLECTION, None, pgstac.url), AOI)]
+    with FaultProxy(pgstac.url, rates={"5xx": 0.3, "429": 0.1, "reset": 0.05}, seed=3) as api:
+        preset = resolve("earth-search", COLLECTION, None, api.url)
+        for _ in range(6):
+            assert [i["id"] for i in S.search(preset, AOI)] == expected
+    assert api.stats["5xx"] + api.stats["429"] + api.stats["reset"] >= 2, api.stats
+    record("STAC API: 5xx, 429, resets", api, "identical")
+
+
+def test_unreachable_stac_api_is_one_line(monkeypatch):
+    from tests.fixtures.services import free_port
+
+    monkeypatch.setattr(S, "STAC_RETRIES", 1)
+    r = CliRunner().invoke(app, ["search", "--catalog", "earth-search", "--stac-url", f"http://127.0.0.1:{free_port()}",
+                                 "--bbox", "4", "50", "5", "51"])  # fmt: skip
+    assert r.exit_code == 1
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+
+
+def test_s3_puts_are_retried(s3, monkeypatch, tmp_path):  # noqa: F811
+    bucket = s3.bucket()
+    with FaultProxy(s3.url, rates={"5xx": 0.3}, seed=5) as faulty:
+        for key, value in {**s3.env, "AWS_ENDPOINT_URL": faulty.url, "AWS_ENDPOINT_URL_S3": faulty.url}.items():
+            monkeypatch.setenv(key, value)
+        payloads = {f"obj-{i}.bin": os.urandom(200_000 + i) for i in range(8)}
+        for name, payload in payloads.items():
+            (tmp_path / name).write_bytes(payload)
+            store.put(tmp_path / name, f"s3://{bucket}/out/{name}")
+    assert faulty.stats["5xx"] >= 2, faulty.stats
+    for name, payload in payloads.items():
+        assert s3.filesystem.open_input_stream(f"{bucket}/out/{name}").read() == payload
+    listed = s3.filesystem.get_file_info(__import__("pyarrow.fs", fromlist=["FileSelector"]).FileSelector(f"{bucket}/out"))
+    assert sorted(i.base_name for i in listed) == sorted(payloads)  # no temporary key left behind
+    record("S3 PUT/copy answering 5xx", faulty, "identical")
