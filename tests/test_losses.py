@@ -308,3 +308,18 @@ def test_bad_vgg_files_are_clear_errors(tmp_path):
     write_vgg(tmp_path / "wrong.safetensors", extra={"features.0.weight": torch.zeros(64, 4, 3, 3)})
     with pytest.raises(ValueError, match=r"features.0.weight is \(64, 4, 3, 3\)"):
         L.load_vgg(tmp_path / "wrong.safetensors", layer="relu2_2")
+
+
+def test_interior_drops_the_same_footprint_at_every_scale():
+    pyramid = [torch.arange(n * n, dtype=torch.float32).reshape(1, 1, n, n) for n in (12, 24, 48)]
+    inner = L.interior(pyramid, 2)
+    assert [tuple(y.shape[-2:]) for y in inner] == [(8, 8), (16, 16), (32, 32)]
+    assert [float(y[0, 0, 0, 0]) for y in inner] == [2 * 12 + 2, 4 * 24 + 4, 8 * 48 + 8]  # same corner on the ground
+    assert L.interior(pyramid, 0) == pyramid
+    hr = torch.rand(2, 4, 48, 48)
+    sr = hr.clone()
+    sr[..., :8, :] += 1.0  # wrong only in the outer 2 LR pixels
+    w = L.LossWeights(l1=1.0, l2=0.0, gan=0.0)
+    full = L.content_losses(L.hr_pyramid(sr, 3), L.hr_pyramid(hr, 3), w, None, 1.0)["l1"]
+    kept = L.content_losses(L.interior(L.hr_pyramid(sr, 3), 2), L.interior(L.hr_pyramid(hr, 3), 2), w, None, 1.0)["l1"]
+    assert float(full) > 0 and float(kept) == pytest.approx(0.0, abs=1e-6)

@@ -75,6 +75,16 @@ def hr_pyramid(hr: Tensor, levels: int) -> list[Tensor]:
     return [F.avg_pool2d(hr, 2 ** (levels - 1 - k)) if k < levels - 1 else hr for k in range(levels)]
 
 
+def interior(pyramid: Sequence[Tensor], border: int) -> list[Tensor]:
+    """Each level of a coarse-to-fine pyramid without ``border`` LR pixels at every edge (``border × 2^k``
+    pixels at level k): the outputs whose receptive field reaches the patch's zero padding, which inference
+    (tiles with a halo) never produces."""
+    if border <= 0:
+        return list(pyramid)
+    return [y[..., border * 2**k : y.shape[-2] - border * 2**k, border * 2**k : y.shape[-1] - border * 2**k]
+            for k, y in enumerate(pyramid)]  # fmt: skip
+
+
 def content_losses(
     sr_pyramid: Sequence[Tensor],
     hr_pyramid: Sequence[Tensor],

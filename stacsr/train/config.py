@@ -54,6 +54,7 @@ class LossSection:
     gan_kind: str = "wgan-gp"
     vgg_weights: str | None = None  # local safetensors file (torchvision key names); needed when vgg > 0
     vgg_layer: str = "relu5_4"
+    border: int = 0  # LR pixels at each patch edge left out of the content losses (see losses.interior)
 
     def weights(self) -> LossWeights:
         return LossWeights(l1=self.l1, l2=self.l2, vgg=self.vgg, gan=self.gan, gp=self.gp, drift=self.drift,
@@ -138,6 +139,7 @@ class TrainConfig:
         for key in ("l1", "l2", "vgg", "gan", "gp", "drift"):
             need(getattr(L, key) >= 0, f"losses.{key}", f"must be ≥ 0, not {getattr(L, key)}")
         need(L.gan_kind in GAN_KINDS, "losses.gan_kind", f"must be one of {', '.join(GAN_KINDS)}, not {L.gan_kind!r}")
+        need(L.border >= 0, "losses.border", f"must be ≥ 0, not {L.border}")
         need(L.vgg_layer in VGG19_LAYERS, "losses.vgg_layer", f"unknown VGG19 layer {L.vgg_layer!r}")
         O = self.optimiser
         need(O.lr_g > 0 and O.lr_d > 0, "optimiser.lr_g/lr_d", "learning rates must be > 0")

@@ -200,7 +200,7 @@ class Nets:
 
 def train_step(
     nets: Nets, lr: Tensor, hr: Tensor, weights: L.LossWeights, vgg: nn.Module | None, levels: int,
-    norm: float, gan: bool, amp: Any, ema_decay: float,
+    norm: float, gan: bool, amp: Any, ema_decay: float, border: int = 0,
 ) -> dict[str, Tensor]:  # fmt: skip
     """One optimiser step: a D step (when ``gan``), a G step on content (+ adversarial) loss, the EMA update.
 
@@ -220,7 +220,7 @@ def train_step(
         metrics.update(d_terms)
     nets.opt_g.zero_grad(set_to_none=True)
     with amp:
-        terms = L.content_losses(sr_pyr, hr_pyr, weights, vgg, norm)
+        terms = L.content_losses(L.interior(sr_pyr, border), L.interior(hr_pyr, border), weights, vgg, norm)
         g_total = terms["content"]
         if gan:
             nets.D.requires_grad_(False)  # the raw D: its gradients are not wanted, DDP not involved
@@ -292,7 +292,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             lr, hr = augment(lr.to(device), hr.to(device), config.augment.dihedral, config.augment.gain)
             set_learning_rates(nets, O, step, config.steps)
             phase = C.PHASE_PRETRAIN if step < config.pretrain_steps else C.PHASE_GAN
-            metrics = train_step(nets, lr, hr, weights, vgg, levels, norm, phase == C.PHASE_GAN, amp, config.ema)
+            metrics = train_step(nets, lr, hr, weights, vgg, levels, norm, phase == C.PHASE_GAN, amp, config.ema,
+                                 config.losses.border)  # fmt: skip
             step += 1
 
             if board is not None and (step % config.log_every == 0 or step == config.steps or step == start + 1):
