@@ -295,12 +295,15 @@ def pairs(
 def export(
     run_or_checkpoint: str = typer.Argument(..., help="Checkpoint folder, or run folder <storage>/<name> (its latest checkpoint); local or s3://."),
     out_dir: Path = typer.Option(..., "--out", help="Model package folder to write (card.json, weights.safetensors, item.json)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the card (default: the run name)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Model version in the card (default: 0.1.0)."),
+    description: Optional[str] = typer.Option(None, "--description", help="What the model was trained on and its limits (stored in the card)."),
 ) -> None:  # fmt: skip
     """Export a training checkpoint's EMA generator as a model package with a STAC MLM item."""
     from stacsr.train import export as X
 
     with errors():
-        package = X.export(run_or_checkpoint, out_dir)
+        package = X.export(run_or_checkpoint, out_dir, name=name, version=version, description=description)
         step = package.card.provenance.get("step")
         console.print(
             f"{package.ref}{f' (step {step})' if step is not None else ''} from {package.card.provenance.get('checkpoint')} "

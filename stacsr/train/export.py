@@ -42,13 +42,15 @@ class ExportError(ValueError):
     """A run or checkpoint that cannot be exported (missing, empty, incomplete, inconsistent)."""
 
 
-def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: Any = None) -> "ModelPackage":
+def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: Any = None, name: str | None = None,
+           version: str | None = None, description: str | None = None) -> "ModelPackage":
     """Write the model package of a checkpoint (or of a run's latest checkpoint) to the local folder ``out``.
 
     ``run_or_checkpoint`` is a local path or a URI pyarrow understands (``s3://bucket/runs/name``; S3
     settings from the URI's query or the environment), unless a pyarrow ``filesystem`` is given. Returns the
     :class:`~stacsr.model.package.ModelPackage` as loaded back from ``out``, whose card's provenance names
-    the checkpoint (without query string) and its step. Raises :class:`ExportError`.
+    the checkpoint (without query string) and its step. ``name``/``version`` replace the card's (by default
+    the run name and 0.1.0); ``description`` goes into its provenance. Raises :class:`ExportError`.
     """
     from stacsr.model import package as M
 
@@ -73,7 +75,9 @@ def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: An
     if step is not None:
         provenance["step"] = step
         provenance["trained"] = bool(step)
-    card = replace(card, provenance=provenance)
+    if description:
+        provenance["description"] = description
+    card = replace(card, provenance=provenance, name=name or card.name, version=version or card.version)
 
     out = Path(out)
     try:
