@@ -205,6 +205,10 @@ def test_batch_to_s3_and_transactions_api_is_idempotent(job, s3, pgstac, ray_loc
     assert t["items"]["done"] == 1 and t["items"]["skipped"] == 3
     assert [o["item"] for o in t["outcomes"] if o["status"] == "done"] == [deleted]
     assert deleted in api_items(pgstac)
+    # no credential anywhere a run writes: items in the API, run reports, object keys
+    written = json.dumps(api_items(pgstac)) + json.dumps(report) + " ".join(objects(s3, job))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert s3.env[key] not in written
 
 
 def preset_search(spec: J.JobSpec) -> list[dict]:

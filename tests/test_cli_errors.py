@@ -244,3 +244,52 @@ def test_sr_missing_file_over_http(blob_server, tmp_path):
     url = blob_server.file_url(f"nothing-here-{tmp_path.name}/x.tif")
     line = failed_cleanly(cli("sr", url, out / "sr.tif", "--no-ray"), out)
     assert "cannot read" in line
+
+
+# ------------------------------------------------------------------ stacsr sr: inputs it refuses, inputs it takes
+
+
+def _tif(path, data, crs="EPSG:32632", transform=None):
+    from affine import Affine
+
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs=crs, transform=transform or Affine(10, 0, 600000, 0, -10, 5300000)) as dst:  # fmt: skip
+        dst.write(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, data, kwargs, message",
+    [
+        ("nocrs", np.full((4, 20, 20), 500, np.uint16), {"crs": None}, "has no CRS"),
+        ("rotated", np.full((4, 20, 20), 500, np.uint16), {"rotated": True}, "not north-up"),
+        ("int8", np.full((4, 20, 20), 5, np.int8), {}, "is int8; stacsr expects uint16"),
+        ("nan", np.full((4, 20, 20), np.nan, np.float32), {}, "is float32; stacsr expects uint16"),
+        ("bands", np.full((3, 20, 20), 500, np.uint16), {}, "has 3 bands but model"),
+    ],
+)
+def test_sr_refuses_bad_geotiffs_in_one_line(tmp_path, name, data, kwargs, message):
+    from affine import Affine
+
+    transform = Affine(10, 1, 600000, 1, -10, 5300000) if kwargs.pop("rotated", False) else None
+    src = _tif(tmp_path / f"{name}.tif", data, transform=transform, **kwargs)
+    out = tmp_path / "out.tif"
+    r = CliRunner().invoke(app, ["sr", str(src), str(out), "--no-ray"])
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and name in lines[0], r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 10)])  # 1×1, and smaller than the 24-pixel halo
+def test_sr_takes_tiny_images(tmp_path, shape):
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    data = np.stack([800 + 200 * b + 40 * rows + 25 * cols for b in range(4)]).astype(np.uint16)  # smooth field
+    src = _tif(tmp_path / "tiny.tif", data)
+    r = CliRunner().invoke(app, ["sr", str(src), str(tmp_path / "out.tif"), "--no-ray"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "out.tif") as out:
+        sr = out.read().astype(np.float64)
+    assert sr.shape == (4, shape[0] * 4, shape[1] * 4)
+    means = sr.reshape(4, shape[0], 4, shape[1], 4).mean(axis=(2, 4))
+    assert np.abs(means - data).max() <= 1  # the shipped model is reflectance-consistent (no clipping here)

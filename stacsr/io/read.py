@@ -146,6 +146,8 @@ def read_raster(href: str) -> Raster:
         return with_retries(read)
     except RasterioError as e:
         raise ReadError(f"cannot read {redact(href)}: {first_line(e)}") from None
+    except G.GridError as e:
+        raise ReadError(f"{redact(href)}: {e}") from None
 
 
 
