@@ -172,3 +172,49 @@ def test_s3_puts_are_retried(s3, monkeypatch, tmp_path):  # noqa: F811
     listed = s3.filesystem.get_file_info(__import__("pyarrow.fs", fromlist=["FileSelector"]).FileSelector(f"{bucket}/out"))
     assert sorted(i.base_name for i in listed) == sorted(payloads)  # no temporary key left behind
     record("S3 PUT/copy answering 5xx", faulty, "identical")
+
+
+def test_expiring_planetary_computer_tokens_are_renewed(pgstac, blob_server, pc_stand_in, tmp_path):
+    """Tokens live 61 s and planetary_computer renews those with under 60 s left, so every item signed more than
+    a second after the previous one needs a new token; the stand-in refuses expired tokens (checked first)."""
+    import time
+    import urllib.error
+    import urllib.request
+    from dataclasses import replace as dc_replace
+
+    import planetary_computer
+
+    from stacsr.catalog.presets import PRESETS
+
+    scenes = SC.make_scenes(blob_server, "planetary-computer", collection="s2-tokens")
+    SC.load(pgstac, scenes)
+    try:
+        blob_server.set_token_lifetime(1)
+        href = blob_server.rewrite_item(planetary_computer.sign(json.loads(json.dumps(scenes.items[0]))))["assets"]["B02"]["href"]
+        with urllib.request.urlopen(href, timeout=10) as r:
+            assert r.status == 200  # a fresh token is accepted …
+        time.sleep(1.5)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(href, timeout=10)
+        assert e.value.code == 403  # … and refused once expired
+
+        blob_server.set_token_lifetime(61)
+        preset = dc_replace(PRESETS["planetary-computer"], url=pgstac.url, collection="s2-tokens",
+                            sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)))  # fmt: skip
+        items = S.search(preset, AOI)
+
+        class Slow(pipeline.Progress):
+            def item(self, item_id: str, tiles: int) -> None:
+                time.sleep(1.2)  # a long run: the next item is signed after the token fell under 60 s left
+
+        before = len(blob_server.tokens_issued)
+        blob_server.clear_requests()
+        package = M.load("default")
+        report = pipeline.enhance(items, preset, AOI, tmp_path / "out", package, LocalEngine(package), tile_size=64,
+                                  progress=Slow())  # fmt: skip
+        assert len(report.items) == 2
+        assert len(blob_server.tokens_issued) - before >= 2  # renewed during the run
+        assert all(r.status in (200, 206) for r in blob_server.requests)  # no read with an expired token
+    finally:
+        blob_server.set_token_lifetime(3600)
+        pgstac.reset()
