@@ -257,6 +257,35 @@ def test_actor_killed_mid_batch_costs_nothing(job, s3, pgstac, ray_local):  # no
             assert np.array_equal(read_s3(s3, hrefs[item_id][band]["href"]), read_s3(s3, assets[band]["href"]))
 
 
+class RaisingEngine:
+    """The local engine, whose model raises on the third tile of the first image it gets (a model bug on odd
+    input); the other images go through."""
+
+    def __init__(self, package) -> None:
+        self.engine, self.calls, self.raised = LocalEngine(package), 0, 0
+
+    def map(self, padded, cores, halo):
+        self.calls += 1
+        call = self.calls
+        for i, result in enumerate(self.engine.map(padded, cores, halo)):
+            if call == 1 and i == 2:
+                self.raised += 1
+                raise RuntimeError("model failed on tile 2: NaN in activations")
+            yield result
+
+
+def test_a_model_error_on_one_tile_fails_that_item_and_the_batch_goes_on(job, pgstac):
+    spec = replace(job, resources=J.Resources(tile_size=64, items_in_flight=1))
+    engine = RaisingEngine(M.load("default"))
+    report = run(spec, engine).to_dict()
+    assert engine.raised == 1
+    failed = [o for o in report["outcomes"] if o["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "model failed on tile 2: NaN in activations"
+    assert report["items"]["done"] == 3 and not report["ok"]
+    published = api_items(pgstac)
+    assert failed[0]["item"] not in published and len(published) == 3  # nothing published for the failed item
+
+
 def test_a_broken_item_fails_alone_and_the_exit_code_says_so(sources, pgstac, tmp_path, ray_local):
     broken_id = sources.items[0]["id"]
     blue = sources.file(broken_id, "B02")
@@ -339,3 +368,47 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
     report = json.loads((out / "_runs" / "submitted" / "latest.json").read_text())
     assert report["ok"] and report["items"]["done"] == 4
     assert len(list(out.glob(f"{COLLECTION}-sr/*/*.tif"))) == 16
+
+
+def test_sigkill_between_cogs_and_item_leaves_nothing_half_done(sources, pgstac, tmp_path):
+    """``stacsr batch`` killed (SIGKILL) as soon as its first COG is in place: no item points at a missing or
+    partial file, no partial COG sits under a final name, and the re-run finishes the job."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    spec = {"name": "killed", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
+            "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": str(out),
+            "publish": {"catalog": str(out)}, "resources": {"tile_size": 64, "items_in_flight": 1}}  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    cmd = [str(Path(sys.executable).with_name("stacsr")), "batch", str(tmp_path / "job.yaml"), "--no-ray"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(f"{COLLECTION}-sr/*/*.tif")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the batch ended before writing a COG"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    def check_published() -> int:
+        items = list(out.glob(f"{COLLECTION}-sr/*/*.json"))
+        for path in items:
+            for asset in json.loads(path.read_text())["assets"].values():
+                with rasterio.open(path.parent / asset["href"]) as src:  # present and complete
+                    src.read(1, out_shape=(1, 8, 8))
+        return len(items)
+
+    assert check_published() < 4  # killed mid-job
+    from rio_cogeo.cogeo import cog_validate
+
+    for tif in out.rglob("*.tif"):  # a file under a final name is a whole COG (written, then renamed)
+        assert cog_validate(str(tif), quiet=True)[0], tif
+        with rasterio.open(tif) as src:
+            assert src.read(1).any()
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "job.yaml"), "--no-ray"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "_runs" / "killed" / "latest.json").read_text())
+    assert report["items"]["done"] + report["items"]["skipped"] == 4 and report["items"]["done"] >= 1
+    assert check_published() == 4
