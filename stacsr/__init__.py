@@ -6,3 +6,7 @@ try:
     __version__ = version("stacsr")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
+
+from stacsr import logs as _logs
+
+_logs.install()  # no token or key in any log record, whatever the level

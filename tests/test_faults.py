@@ -218,3 +218,70 @@ def test_expiring_planetary_computer_tokens_are_renewed(pgstac, blob_server, pc_
     finally:
         blob_server.set_token_lifetime(3600)
         pgstac.reset()
+
+
+def test_output_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_path):
+    """A full disk, as the process sees it: a 200 kB file-size limit (RLIMIT_FSIZE) makes every write beyond it
+    fail (EFBIG) in the middle of the COG. One error line naming the file; nothing under the final name."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from affine import Affine
+
+    data = np.random.default_rng(0).integers(100, 3000, (4, 200, 200)).astype(np.uint16)
+    src = tmp_path / "in.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=200, height=200, count=4, dtype="uint16", crs="EPSG:32632",
+                       transform=Affine(10, 0, 600000, 0, -10, 5300000)) as dst:  # fmt: skip
+        dst.write(data)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def full_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    cmd = [str(Path(sys.executable).with_name("stacsr")), "sr", str(src), str(out / "sr.tif"), "--no-ray"]
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=full_disk, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {out / 'sr.tif'}" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and list(out.iterdir()) == []
+    REPORT.append({"fault": "disk full mid-COG (file size limit)", "requests": "-", "injected": 1, "retried": 0,
+                   "outcome": "clear error", "data lost": "none"})  # fmt: skip
+
+
+def test_no_secret_in_logs_at_any_level(pgstac, blob_server, pc_stand_in, monkeypatch, caplog, tmp_path):
+    """A signed enhance with every logger at DEBUG and GDAL's own debug output on: no token, signature or
+    secret of the stand-in appears in any log record (stacsr.logs scrubs query strings from every record)."""
+    import logging
+    from dataclasses import replace as dc_replace
+
+    import planetary_computer
+
+    from stacsr.catalog.presets import PRESETS
+
+    monkeypatch.setenv("CPL_DEBUG", "ON")
+    scenes = SC.make_scenes(blob_server, "planetary-computer", collection="s2-logs")
+    SC.load(pgstac, scenes)
+    try:
+        preset = dc_replace(PRESETS["planetary-computer"], url=pgstac.url, collection="s2-logs",
+                            sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)))  # fmt: skip
+        before = len(blob_server.tokens_issued)
+        with caplog.at_level(logging.DEBUG):
+            logging.getLogger().setLevel(logging.DEBUG)
+            package = M.load("default")
+            items = S.search(preset, AOI)
+            report = pipeline.enhance(items, preset, AOI, tmp_path / "out", package, LocalEngine(package), tile_size=64)
+            logging.getLogger("probe").debug("signed %s", blob_server.rewrite_item(planetary_computer.sign(items[0]))["assets"]["B02"]["href"])
+    finally:
+        pgstac.reset()
+    assert len(report.items) == 2 and len(blob_server.tokens_issued) > before
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "signed http" in text and len(caplog.records) > 20  # hrefs really were logged, at DEBUG
+    for secret in [blob_server.secret, *blob_server.issued_sigs, *blob_server.tokens_issued]:
+        assert secret not in text
+    assert "sig=" not in text
+    REPORT.append({"fault": "secrets in DEBUG logs (GDAL CPL_DEBUG on)", "requests": len(caplog.records),
+                   "injected": 0, "retried": 0, "outcome": "none found", "data lost": "none"})  # fmt: skip

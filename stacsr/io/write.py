@@ -13,11 +13,18 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
 from stacsr.io.grid import GeoBox
+from stacsr.io.read import first_line
+
+class WriteError(OSError):
+    """A COG that could not be written (nothing is left under its name)."""
+
 
 REFLECTANCE_SCALE = 1e-4  # uint16 DN × scale = reflectance
 # Fast compression levels: on 4× super-resolved uint16 with predictor 2, deflate level 1 writes 3× faster
@@ -64,6 +71,8 @@ def write_cog(
                     add_mask=False, use_cog_driver=False,
                 )  # fmt: skip
         os.replace(tmp, path)
+    except (RasterioError, CPLE_BaseError, OSError) as e:  # disk full, file size limit, I/O error
+        raise WriteError(f"cannot write {path}: {first_line(e)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
