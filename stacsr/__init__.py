@@ -7,6 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from stacsr import logs as _logs
+from stacsr.redaction import install_log_scrubbing
 
-_logs.install()  # no token or key in any log record, whatever the level
+install_log_scrubbing()  # no token or key in any log record, whatever the level

@@ -25,6 +25,7 @@ from stacsr.catalog.items import build_item, output_collection_id, output_id
 from stacsr.catalog.presets import Preset
 from stacsr.engine import Engine, LocalEngine, RayEngine
 from stacsr.io import grid as G
+from stacsr.io import store
 from stacsr.io.read import read_item_window, read_raster
 from stacsr.io.write import write_cog
 from stacsr.model.package import ModelPackage
@@ -199,15 +200,34 @@ def write_output(job: Job, sr: np.ndarray, out: Path, package: ModelPackage, com
     """Write one COG per band of ``sr`` in the item's folder and return its (unpublished) STAC item."""
     grid = G.zoom_in(job.grid, package.card.scale)
     item_id = output_id(job.item["id"])
-    folder = publish.item_folder(out, output_collection_id(job.item.get("collection")), item_id)
-    files = {
-        band: str(write_cog(folder / f"{item_id}_{band}.tif", layer, grid, [band], compress=compress).resolve())
-        for band, layer in zip(package.card.bands, sr)
-    }
-    return build_item(job.item, grid, files, package, source_href=_self_href(job.item))
+    files = write_bands(sr, grid, out, output_collection_id(job.item.get("collection")), item_id,
+                        package.card.bands, compress)  # fmt: skip
+    return build_item(job.item, grid, files, package, source_href=self_href(job.item))
 
 
-def _self_href(item: dict[str, Any]) -> str | None:
+def write_bands(sr: np.ndarray, grid: G.GeoBox, root: str | Path, collection_id: str, item_id: str,
+                bands: Sequence[str], compress: str) -> dict[str, str]:  # fmt: skip
+    """One COG per band at ``<root>/<collection>/<item>/<item>_<band>.tif``; returns band → href.
+
+    A local ``root`` is written in place (each COG atomically, :func:`stacsr.io.write.write_cog`); an object
+    storage one (``s3://``…) through a local temporary file put under a temporary key and moved
+    (:func:`stacsr.io.store.put`). Either way no partial COG ever sits under its final name.
+    """
+    if not store.is_remote(str(root)):
+        folder = publish.item_folder(root, collection_id, item_id)
+        return {band: str(write_cog(folder / f"{item_id}_{band}.tif", layer, grid, [band], compress=compress).resolve())
+                for band, layer in zip(bands, sr)}  # fmt: skip
+    hrefs = {}
+    with tempfile.TemporaryDirectory(prefix="stacsr-cog-") as tmp:
+        for band, layer in zip(bands, sr):
+            name = f"{item_id}_{band}.tif"
+            local = write_cog(Path(tmp) / name, layer, grid, [band], compress=compress)
+            hrefs[band] = store.put(local, store.join(str(root), collection_id, item_id, name))
+    return hrefs
+
+
+def self_href(item: dict[str, Any]) -> str | None:
+    """The ``self`` link of a source item (its canonical URL), if any."""
     return next((link["href"] for link in item.get("links", []) if link.get("rel") == "self"), None)
 
 

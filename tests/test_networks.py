@@ -95,32 +95,18 @@ def test_intermediates_without_residual_bicubic_are_the_heads_alone():
         assert all(y.abs().max() == 0 for y in g.forward_pyramid(inputs(4)))
 
 
-def test_default_package_is_bicubic_at_every_scale():
+def test_default_package_pyramid():
+    """The shipped (trained) package: its x1 and x2 heads exist and were trained (they are not the zeroed
+    heads of an untrained model), and the pyramid's last level is exactly the inference output."""
     pkg = P.load("default")
     g = pkg.generator
-    assert len(g.to_images) == 2
-    assert "intermediate" in pkg.card.provenance["description"]
-    for head in g.to_images:
-        assert head.weight.abs().max() == 0 and head.bias.abs().max() == 0
+    assert len(g.to_images) == 2 and all(head.weight.abs().max() > 0 for head in g.to_images)
     x = inputs(4, 9, 8)
     with torch.no_grad():
         y = g(x)
         pyramid = g.forward_pyramid(x)
-    torch.testing.assert_close(y, bicubic(x, 4), rtol=1e-5, atol=1e-2)
+    assert [tuple(p.shape[-2:]) for p in pyramid] == [(9, 8), (18, 16), (36, 32)]
     assert torch.equal(pyramid[-1], y)
-    torch.testing.assert_close(pyramid[0], x, rtol=1e-5, atol=1e-2)
-    torch.testing.assert_close(pyramid[1], bicubic(x, 2), rtol=1e-5, atol=1e-2)
-
-
-def test_default_package_keeps_the_seed_zero_initialisation():
-    """Regenerated exactly as made: seed 0, then tail and heads zeroed (the body is seed 0's)."""
-    torch.manual_seed(0)
-    g = Generator(GeneratorConfig(bands=4, scale=4, features=32, blocks=8))
-    zero_heads(g)
-    shipped = P.load("default").generator.state_dict()
-    assert shipped.keys() == g.state_dict().keys()
-    for k, v in g.state_dict().items():
-        assert torch.equal(shipped[k], v), k
 
 
 # ------------------------------------------------------------------ discriminator

@@ -180,4 +180,4 @@ def test_ray_local_runs_tasks(ray_local):
 
     from ray.util.state import list_nodes  # the dashboard's state API (Ray Train needs it)
 
-    assert len(list_nodes()) == 1
+    assert len(list_nodes(address=ray_local.dashboard_url)) == 1  # this session's Ray, not any other on the machine

@@ -13,13 +13,11 @@ Output item ids are ``<source id>_sr_<area name>``, so one source item over two 
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -35,9 +33,8 @@ from stacsr.engine import Engine, LocalEngine
 from stacsr.io import grid as G
 from stacsr.io import store
 from stacsr.io.read import first_line
-from stacsr.io.write import write_cog
 from stacsr.model.package import ModelPackage
-from stacsr.pipeline import Job, item_window, read_job, super_resolve
+from stacsr.pipeline import Job, item_window, read_job, self_href, super_resolve, write_bands
 
 RUNS_FOLDER = "_runs"
 Log = Callable[[str], None]
@@ -176,8 +173,8 @@ def process(task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, en
         sr = super_resolve(image, package, engine, spec.resources.tile_size)
         del image
         grid = G.zoom_in(job.grid, package.card.scale)
-        hrefs = write_assets(sr, grid, spec, package, collection, item_id)
-        item = build_item(job.item, grid, hrefs, package, source_href=_self_href(task.item))
+        hrefs = write_bands(sr, grid, spec.output, collection, item_id, package.card.bands, spec.compress)
+        item = build_item(job.item, grid, hrefs, package, source_href=self_href(task.item))
         item.id = item_id
         item.properties["stacsr:area"] = task.area.name
         target.publish(item, task.item.get("collection"))
@@ -186,24 +183,6 @@ def process(task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, en
                        seconds=time.perf_counter() - start)  # fmt: skip
     except Exception as e:  # one item's failure is reported, the others go on
         return Outcome(item_id, "failed", error=first_line(e), seconds=time.perf_counter() - start)
-
-
-def write_assets(sr: np.ndarray, grid: G.GeoBox, spec: JobSpec, package: ModelPackage, collection: str,
-                 item_id: str) -> dict[str, str]:  # fmt: skip
-    """One COG per band, written locally then put in place under ``<output>/<collection>/<item>/``."""
-    hrefs = {}
-    with tempfile.TemporaryDirectory(prefix="stacsr-batch-") as folder:
-        for band, layer in zip(package.card.bands, sr):
-            name = f"{item_id}_{band}.tif"
-            local = write_cog(Path(folder) / name, layer, grid, [band], compress=spec.compress)
-            url = store.join(spec.output, collection, item_id, name)
-            store.put(local, url)
-            hrefs[band] = url if spec.remote_output else str(Path(url).resolve())
-    return hrefs
-
-
-def _self_href(item: dict[str, Any]) -> str | None:
-    return next((link["href"] for link in item.get("links", []) if link.get("rel") == "self"), None)
 
 
 def run(spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, now: datetime | None = None,

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from stacsr.catalog.search import SearchError, check_bbox, check_datetime, check_mgrs
+from stacsr.io.store import is_remote
+from stacsr.redaction import looks_secret
 
-REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://")
 _RELATIVE = re.compile(r"^last\s+(\d+)\s+(hour|day|week)s?$", re.IGNORECASE)
-_SECRET = re.compile(r"(sig=|sv=|se=|X-Amz-Signature|X-Amz-Credential|token=|AKIA[0-9A-Z]{12,}|://[^/@\s]+:[^/@\s]+@)")
 
 
 class SpecError(ValueError):
@@ -80,7 +80,7 @@ class JobSpec:
 
     @property
     def remote_output(self) -> bool:
-        return self.output.startswith(REMOTE_SCHEMES)
+        return is_remote(self.output)
 
 
 def resolve_datetime(text: str | None, now: datetime | None = None) -> str | None:
@@ -141,8 +141,7 @@ def from_dict(data: Any) -> JobSpec:
 
     if not isinstance(data, dict):
         raise SpecError("a job spec is a mapping of keys to values")
-    leaked = _SECRET.search(json.dumps(data))
-    if leaked:
+    if looks_secret(json.dumps(data)):
         raise SpecError("the job spec holds what looks like a credential or a signed URL: credentials come from the "
                         "environment (AWS_*, AZURE_*, GOOGLE_APPLICATION_CREDENTIALS), never from a job spec")  # fmt: skip
     for key in ("name", "areas", "output"):

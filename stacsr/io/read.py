@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import rasterio
@@ -20,6 +19,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 
 from stacsr.io import grid as G
 from stacsr.io.grid import GeoBox
+from stacsr.redaction import redact, scrub  # noqa: F401  (redact is part of this module's API)
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 T = TypeVar("T")
@@ -67,14 +67,6 @@ class ReadError(RuntimeError):
     """An asset that cannot be read."""
 
 
-def redact(href: str) -> str:
-    """``href`` without query string, fragment or ``user:password@`` (where signatures, tokens, keys live)."""
-    if "://" not in href:
-        return href.split("?", 1)[0]
-    parts = urlsplit(href)
-    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
-
-
 def read_item_window(item: dict[str, Any], asset_keys: Sequence[str], grid: GeoBox) -> np.ndarray:
     """DN of ``asset_keys`` on ``grid`` (a window of the item's native grid), ``(bands, rows, cols)``.
 
@@ -114,15 +106,10 @@ def _unreadable(href: str) -> bool:
         return True
 
 
-# A query string wherever it appears (GDAL names files without their scheme, e.g. "B08.tif?st=…&sig=…:"),
-# up to a quote, a blank, or a colon that ends the word (colons inside, as in se=…T12:52:44Z, are kept out).
-_QUERY = re.compile(r"\?[^\s'\"]*?(?=:?(?:[\s'\"]|$))")
-
-
 def first_line(e: BaseException) -> str:
     """First line of an error message, with every URL query string (tokens, signatures) removed."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return " ".join(redact(w) if "://" in w else w for w in _QUERY.sub("", text).split())
+    return " ".join(redact(w) if "://" in w else w for w in scrub(text).split())
 
 
 @dataclass
