@@ -142,8 +142,11 @@ def test_stac_search_retries_transient_api_failures(sources, pgstac):
         preset = resolve("earth-search", COLLECTION, None, api.url)
         for _ in range(6):
             assert [i["id"] for i in S.search(preset, AOI)] == expected
+        for _ in range(6):  # one item per page: the "next" page requests fail too, mid-pagination
+            pages = S.open_client(api.url).search(collections=[COLLECTION], bbox=AOI, limit=1)
+            assert sorted(i["id"] for i in pages.items_as_dicts()) == sorted(expected)
     assert api.stats["5xx"] + api.stats["429"] + api.stats["reset"] >= 2, api.stats
-    record("STAC API: 5xx, 429, resets", api, "identical")
+    record("STAC API: 5xx, 429, resets (searches, pages)", api, "identical")
 
 
 def test_unreachable_stac_api_is_one_line(monkeypatch):

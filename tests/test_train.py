@@ -146,6 +146,18 @@ def test_run_checkpoints_to_s3_resumes_and_logs(pairs, s3, ray_local, pc_stand_i
     assert sorted(steps["loss/l1"]) == [1, 2, 3, 4, 5]  # each step once: the resumed run went on at 4
     assert sorted(steps["loss/d_loss"]) == [2, 3, 4, 5]  # none in the pretraining step
 
+    # (d) no secret in anything the run wrote (checkpoints, cards, optimiser state, TensorBoard events)
+    everything = C.download(f"{storage}/{name}", tmp_path / "all", fs)
+    blob = pc_stand_in
+    secrets = [blob.secret, *blob.issued_sigs, *blob.tokens_issued, s3.env["AWS_SECRET_ACCESS_KEY"],
+               s3.env["AWS_ACCESS_KEY_ID"]]  # fmt: skip
+    assert blob.tokens_issued  # the patches were read with signed hrefs
+    files = [p for p in everything.rglob("*") if p.is_file()]
+    assert any("tfevents" in p.name for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert not any(secret.encode() in data for secret in secrets), path
+
 
 def test_preview_is_rgb_stretched():
     hr = torch.zeros(4, 8, 8)
