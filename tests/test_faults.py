@@ -158,6 +158,8 @@ def test_unreachable_stac_api_is_one_line(monkeypatch):
     assert r.exit_code == 1
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    REPORT.append({"fault": "STAC API unreachable (connection refused)", "requests": "-", "injected": 1,
+                   "retried": S.STAC_RETRIES, "outcome": "clear error", "data lost": "none"})  # fmt: skip
 
 
 def test_s3_puts_are_retried(s3, monkeypatch, tmp_path):  # noqa: F811
@@ -218,6 +220,9 @@ def test_expiring_planetary_computer_tokens_are_renewed(pgstac, blob_server, pc_
         assert len(report.items) == 2
         assert len(blob_server.tokens_issued) - before >= 2  # renewed during the run
         assert all(r.status in (200, 206) for r in blob_server.requests)  # no read with an expired token
+        REPORT.append({"fault": "PC tokens expiring during the run", "requests": len(blob_server.requests),
+                       "injected": len(blob_server.tokens_issued) - before, "retried": 0,
+                       "outcome": "renewed, complete", "data lost": "none"})  # fmt: skip
     finally:
         blob_server.set_token_lifetime(3600)
         pgstac.reset()
