@@ -293,3 +293,44 @@ def test_no_secret_in_logs_at_any_level(pgstac, blob_server, pc_stand_in, monkey
     assert "sig=" not in text
     REPORT.append({"fault": "secrets in DEBUG logs (GDAL CPL_DEBUG on)", "requests": len(caplog.records),
                    "injected": 0, "retried": 0, "outcome": "none found", "data lost": "none"})  # fmt: skip
+
+
+def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tmp_path):
+    """``stacsr enhance`` killed (SIGKILL) as soon as its first COG is in place: every item in the catalogue has
+    all its COGs, whole; no temporary or partial file sits under a final name; the re-run completes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rio_cogeo.cogeo import cog_validate
+
+    out = tmp_path / "out"
+    args = ["enhance", "--catalog", "earth-search", "--stac-url", pgstac.url, "--collection", COLLECTION,
+            "--bbox", *map(str, AOI), "--out", str(out), "--no-ray", "--tile-size", "64"]  # fmt: skip
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("stacsr")), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/*/*.tif")):
+        assert proc.poll() is None and time.monotonic() < deadline, "enhance ended before writing a COG"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    def published() -> list[str]:
+        found = []
+        for path in out.glob("*/*/*.json"):
+            item = json.loads(path.read_text())
+            for asset in item["assets"].values():
+                assert cog_validate(str(path.parent / asset["href"]), quiet=True)[0]
+            found.append(item["id"])
+        return found
+
+    assert len(published()) < 2
+    for tif in out.rglob("*.tif"):  # under a final name only whole COGs (a killed write leaves a hidden .part)
+        assert not tif.name.startswith(".") and cog_validate(str(tif), quiet=True)[0], tif
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert len(published()) == 2
+    REPORT.append({"fault": "SIGKILL of enhance after its first COG", "requests": "-", "injected": 1, "retried": 0,
+                   "outcome": "re-run completes", "data lost": "none"})  # fmt: skip

@@ -36,6 +36,13 @@ class _AsWrittenStacIO(pystac.stac_io.DefaultStacIO):
         obj._stac_io = self
         return obj
 
+    def write_text_to_href(self, href: str, txt: str) -> None:  # type: ignore[override]
+        """Each JSON file atomically (a temporary file renamed into place): never half a document."""
+        from stacsr.io.write import atomic_file
+
+        with atomic_file(href) as tmp:
+            tmp.write_text(txt, encoding="utf-8")
+
 
 def item_folder(root: str | Path, collection_id: str, item_id: str) -> Path:
     """Where an item's JSON and COGs live (pystac's best-practice layout)."""
@@ -64,7 +71,10 @@ def publish_static(
     collection.update_extent_from_items()
     catalog.normalize_hrefs(str(root))
     catalog.make_all_asset_hrefs_relative()
-    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    stac_io = _AsWrittenStacIO()
+    for item in items:  # the new items first: a catalogue or collection never links to an item not yet written
+        item.save_object(include_self_link=False, stac_io=stac_io)
+    catalog.save(pystac.CatalogType.SELF_CONTAINED, stac_io=stac_io)
     return catalog_file
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -24,6 +25,33 @@ from stacsr.io.read import first_line
 
 class WriteError(OSError):
     """A COG that could not be written (nothing is left under its name)."""
+
+
+@contextmanager
+def atomic_file(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block succeeds, removed
+    when it fails. The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600, so a
+    tile server or another user can read what stacsr writes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 REFLECTANCE_SCALE = 1e-4  # uint16 DN × scale = reflectance
@@ -53,11 +81,8 @@ def write_cog(
         dtype=array.dtype.name, crs=grid.crs.to_wkt(), transform=grid.affine, nodata=nodata,
     )  # fmt: skip
     cog = dict(cog_profiles.get(compress.lower()), predictor=2, **FAST_LEVELS.get(compress.lower(), {}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
     try:
-        with MemoryFile() as mem:
+        with atomic_file(path) as tmp, MemoryFile() as mem:
             with mem.open(**profile) as dst:
                 dst.write(array)
                 for i, text in enumerate(descriptions or [], start=1):
@@ -67,14 +92,10 @@ def write_cog(
                     dst.offsets = (0.0,) * array.shape[0]
             with mem.open() as src, rasterio.Env(**GDAL_WRITE_ENV):
                 cog_translate(
-                    src, tmp, cog, in_memory=True, quiet=True, overview_resampling="average",
+                    src, str(tmp), cog, in_memory=True, quiet=True, overview_resampling="average",
                     add_mask=False, use_cog_driver=False,
                 )  # fmt: skip
-        os.replace(tmp, path)
     except (RasterioError, CPLE_BaseError, OSError) as e:  # disk full, file size limit, I/O error
         raise WriteError(f"cannot write {path}: {first_line(e)}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -172,15 +171,10 @@ def read_hr(row: Mapping[str, Any], preset: Preset, cache_dir: str | os.PathLike
 
 
 def _save(path: Path, hr: np.ndarray, **more: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, hr=hr, **more)
-        os.replace(tmp, path)  # atomic: workers sharing the folder never see half a file
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from stacsr.io.write import atomic_file
+
+    with atomic_file(path, suffix=".npz") as tmp, open(tmp, "wb") as f:  # workers sharing it never see half a file
+        np.savez(f, hr=hr, **more)
 
 
 def read_wald_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "area", noise_std: float = 0.0, *,
