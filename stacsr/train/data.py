@@ -37,7 +37,7 @@ from rasterio.windows import Window as RioWindow
 from stacsr.catalog.presets import Preset
 from stacsr.catalog.radiometry import Radiometry
 from stacsr.io.grid import GeoBox, Window, zoom_in
-from stacsr.io.read import GDAL_ENV, ReadError, first_line, redact
+from stacsr.io.read import GDAL_ENV, ReadError, first_line, redact, with_retries
 from stacsr.train import degrade as D
 from stacsr.train.pairs import HR_COLUMNS, KIND_CROSS_SENSOR, KIND_WALD, PairsError, read_manifest
 
@@ -54,7 +54,8 @@ def read_window(href: str, window: Window, asset: str = "", transform: Affine | 
     With ``transform``/``epsg`` given, the raster must put the window exactly there (else :class:`PairsError`).
     """
     name = f"{asset} ({redact(href)})" if asset else redact(href)
-    try:
+
+    def read() -> np.ndarray:
         with rasterio.Env(**GDAL_ENV), rasterio.open(href) as src:
             if epsg is not None and (src.crs is None or src.crs.to_epsg() != epsg):
                 raise PairsError(f"{name} is in {src.crs}, the manifest says EPSG:{epsg}")
@@ -69,6 +70,9 @@ def read_window(href: str, window: Window, asset: str = "", transform: Affine | 
                 out[r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = src.read(
                     1, window=RioWindow(c0, r0, c1 - c0, r1 - r0))  # fmt: skip
             return out
+
+    try:
+        return with_retries(read)
     except RasterioError as e:
         raise ReadError(f"cannot read {name}: {first_line(e)}") from None
 
