@@ -315,6 +315,20 @@ def test_a_broken_item_fails_alone_and_the_exit_code_says_so(sources, pgstac, tm
 # ------------------------------------------------------------------ as a Ray job on a `ray start` cluster
 
 
+def distinct_free_ports(n: int) -> list[int]:
+    """``n`` different free ports on loopback (all sockets held open together, so no port comes twice)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @pytest.mark.slow
 def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
     """``ray start --head`` on loopback, then ``JobSubmissionClient.submit_job("stacsr batch job.yaml")``: the job
@@ -328,7 +342,7 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from tests.fixtures.services import HOST, RAY_TEST_ENV, free_port, wait_for_http
+    from tests.fixtures.services import HOST, RAY_TEST_ENV, wait_for_http
 
     out = tmp_path / "out"
     spec = {"name": "submitted", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
@@ -336,14 +350,14 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
             "publish": {"catalog": str(out)}, "resources": {"actors": 1, "tile_size": 64}}  # fmt: skip
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths live under it
-    dash = free_port()
+    gcs, dash, agent, client_port = distinct_free_ports(4)
     env = {**os.environ, **RAY_TEST_ENV}
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "ray-head.log"
     bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={free_port()}", f"--node-ip-address={HOST}",
+    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--node-ip-address={HOST}",
            "--num-cpus=2", "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+           f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client_port}",
            f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
     with open(log, "wb") as f:
         head = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
@@ -357,9 +371,11 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
             time.sleep(1)
         logs = client.get_job_logs(job_id)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster; never `ray stop` (it stops every Ray)
         try:
+            os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster; never `ray stop` (stops every Ray)
             head.wait(60)
+        except ProcessLookupError:
+            pass  # it already ended (the assertion above says why)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", temp], check=False)
