@@ -17,8 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 # up to a quote, a blank, or a colon that ends the word (colons inside, as in se=…T12:52:44Z, are kept out).
 _QUERY = re.compile(r"\?[^\s'\"]*?(?=:?(?:[\s'\"]|$))")
 _USERINFO = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
-_SECRET = re.compile(r"sig=|sv=|se=|token=|X-Amz-|Signature=|Credential=|AKIA[0-9A-Z]{12,}|://[^/\s:@]+:[^/\s@]+@",
-                     re.IGNORECASE)  # fmt: skip
+_BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+_SECRET = re.compile(r"sig=|sv=|se=|token=|X-Amz-|Signature=|Credential=|AKIA[0-9A-Z]{12,}|://[^/\s:@]+:[^/\s@]+@"
+                     r"|\b(?:Bearer|Basic)\s", re.IGNORECASE)  # fmt: skip
 _installed = False
 
 
@@ -31,8 +32,8 @@ def redact(href: str) -> str:
 
 
 def scrub(text: str) -> str:
-    """``text`` with every URL query string and ``user:password@`` removed."""
-    return _USERINFO.sub("://", _QUERY.sub("", text))
+    """``text`` with every URL query string, ``user:password@`` and ``Bearer``/``Basic`` credential removed."""
+    return _BEARER.sub(lambda m: f"{m[1]} ***", _USERINFO.sub("://", _QUERY.sub("", text)))
 
 
 def looks_secret(text: str) -> bool:

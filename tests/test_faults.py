@@ -136,17 +136,18 @@ def test_permanently_failing_asset_is_a_clear_error_and_publishes_nothing(source
     record("asset answering 503 for ever", broken, "clear error")
 
 
-def test_stac_search_retries_transient_api_failures(sources, pgstac):
+def test_stac_search_retries_transient_api_failures(sources, pgstac, monkeypatch):
     expected = [i["id"] for i in S.search(resolve("earth-search", COLLECTION, None, pgstac.url), AOI)]
-    with FaultProxy(pgstac.url, rates={"5xx": 0.3, "429": 0.1, "reset": 0.05}, seed=3) as api:
+    monkeypatch.setattr(S, "STAC_TIMEOUT", (2.0, 2.0))  # the proxy holds 'slow' answers 3 s: read timeouts
+    with FaultProxy(pgstac.url, rates={"5xx": 0.3, "429": 0.1, "reset": 0.05, "slow": 0.05}, delay=3.0, seed=3) as api:
         preset = resolve("earth-search", COLLECTION, None, api.url)
         for _ in range(6):
             assert [i["id"] for i in S.search(preset, AOI)] == expected
         for _ in range(6):  # one item per page: the "next" page requests fail too, mid-pagination
             pages = S.open_client(api.url).search(collections=[COLLECTION], bbox=AOI, limit=1)
             assert sorted(i["id"] for i in pages.items_as_dicts()) == sorted(expected)
-    assert api.stats["5xx"] + api.stats["429"] + api.stats["reset"] >= 2, api.stats
-    record("STAC API: 5xx, 429, resets (searches, pages)", api, "identical")
+    assert api.stats["5xx"] + api.stats["429"] + api.stats["reset"] + api.stats["slow"] >= 2, api.stats
+    record("STAC API: 5xx, 429, resets, timeouts (searches, pages)", api, "identical")
 
 
 def test_unreachable_stac_api_is_one_line(monkeypatch):
@@ -335,3 +336,19 @@ def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tm
     assert len(published()) == 2
     REPORT.append({"fault": "SIGKILL of enhance after its first COG", "requests": "-", "injected": 1, "retried": 0,
                    "outcome": "re-run completes", "data lost": "none"})  # fmt: skip
+
+
+def test_log_scrubbing_removes_every_kind_of_credential():
+    import logging
+
+    from stacsr.redaction import looks_secret, scrub
+
+    text = ("GET https://acc.blob.core.windows.net/c/B02.tif?st=2026&se=2026-01-01T12:52:44Z&sig=S3CR3T: 403 "
+            "s3://AKIAABCDEFGHIJKLMNOP:hunter2@bucket/key Authorization: Bearer eyJ.abc-def Basic dXNlcjpw")
+    clean = scrub(text)
+    for secret in ("S3CR3T", "se=", "hunter2", "AKIAABCDEFGHIJKLMNOP", "eyJ.abc-def", "dXNlcjpw"):
+        assert secret not in clean, secret
+    assert "https://acc.blob.core.windows.net/c/B02.tif" in clean and "s3://bucket/key" in clean
+    assert looks_secret(text) and not looks_secret(clean.replace("Bearer ***", "").replace("Basic ***", ""))
+    made = logging.getLogRecordFactory()("x", logging.DEBUG, __file__, 1, "read %s", (text,), None)  # what loggers call
+    assert "S3CR3T" not in made.getMessage() and "hunter2" not in made.getMessage() and "eyJ" not in made.getMessage()
