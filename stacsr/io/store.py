@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlparse
 
 from stacsr.io.read import first_line, redact
 
@@ -36,17 +37,31 @@ def join(root: str, *parts: str) -> str:
     return "/".join([str(root).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+def s3_filesystem_from_env() -> Any:
+    """A pyarrow ``S3FileSystem`` configured from the environment (endpoint, region, credentials)."""
+    from pyarrow import fs
+
+    kwargs: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                      session_token=os.environ.get("AWS_SESSION_TOKEN"))  # fmt: skip
+    return fs.S3FileSystem(**kwargs)
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """``(pyarrow filesystem, path)`` of a remote URL. ``s3://`` honours ``AWS_ENDPOINT_URL`` (S3-compatible
     stores such as MinIO, or a local test server) as well as the standard credential chain."""
     from pyarrow import fs
 
     if url.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, Any] = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-        if endpoint:
-            kwargs.update(endpoint_override=endpoint, scheme="https" if endpoint.startswith("https") else "http")
-        return fs.S3FileSystem(**kwargs), url[len("s3://"):]
+        return s3_filesystem_from_env(), url[len("s3://"):]
     if url.startswith("az://"):
         url = "abfs://" + url[len("az://"):]
     return fs.FileSystem.from_uri(url)

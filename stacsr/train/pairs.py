@@ -196,6 +196,21 @@ def _order(eligible: np.ndarray, blocked_radius: int, rng: np.random.Generator, 
     return first + (rest if overlap else [])
 
 
+def lattice_windows(mask: np.ndarray, patch_size: int, stride: int | None, rng: np.random.Generator,
+                    min_valid: float, overlap: bool = True, origin: tuple[int, int] = (0, 0)) -> list[WaldWindow]:  # fmt: skip
+    """Windows of ``patch_size`` on a lattice of step ``stride`` (default ``patch_size // 4``) over ``mask``
+    (True = valid) whose valid fraction is ≥ ``min_valid``, in sampling order (:func:`_order`); ``origin``
+    (row, col) places the mask on its grid."""
+    if min(mask.shape) < patch_size:
+        return []
+    stride = stride or max(1, patch_size // 4)
+    r, c, counts = _window_sums(mask, patch_size, stride)
+    fraction = counts / float(patch_size * patch_size)
+    order = _order((fraction >= min_valid) & (counts > 0), math.ceil(patch_size / stride) - 1, rng, overlap)
+    return [WaldWindow(Window(origin[0] + int(r[i]), origin[1] + int(c[j]), patch_size, patch_size),
+                       float(fraction[i, j])) for i, j in order]  # fmt: skip
+
+
 def _candidates(
     item: Mapping[str, Any], preset: Preset, bbox, patch_size: int, rng: np.random.Generator, min_valid: float,
     bands: Sequence[str], stride: int | None, overlap: bool,
@@ -203,14 +218,8 @@ def _candidates(
     grid, aoi = _aoi(item, preset, bbox, bands)
     if min(aoi.shape) < patch_size:
         return []
-    stride = stride or max(1, patch_size // 4)
     mask = valid_mask(item, preset, grid, aoi)
-    r, c, counts = _window_sums(mask, patch_size, stride)
-    fraction = counts / float(patch_size * patch_size)
-    eligible = (fraction >= min_valid) & (counts > 0)
-    order = _order(eligible, math.ceil(patch_size / stride) - 1, rng, overlap)
-    return [WaldWindow(Window(aoi.row + int(r[i]), aoi.col + int(c[j]), patch_size, patch_size), float(fraction[i, j]))
-            for i, j in order]  # fmt: skip
+    return lattice_windows(mask, patch_size, stride, rng, min_valid, overlap, (aoi.row, aoi.col))
 
 
 def sample_wald_windows(
@@ -342,19 +351,14 @@ def image_windows(scene: Scene, patch_size: int, rng: np.random.Generator, min_v
     from stacsr.io.read import GDAL_ENV
 
     with rasterio.Env(**GDAL_ENV), rasterio.open(scene.href) as src:
-        if src.crs is None or not src.transform.is_rectilinear or src.transform.e >= 0:
-            raise PairsError(f"{scene.path} has no CRS or is not north-up: cannot place its patches")
         if set(src.dtypes) != {"uint16"}:
             raise PairsError(f"{scene.path} is {src.dtypes[0]}; stacsr expects uint16 reflectance × 10000")
-        grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
+        try:
+            grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
+        except G.GridError as e:  # no CRS, rotated
+            raise PairsError(f"{scene.path}: {e}") from None
         mask = (src.read() > 0).all(axis=0)
-    if min(mask.shape) < patch_size:
-        return grid, []
-    stride = stride or max(1, patch_size // 4)
-    r, c, counts = _window_sums(mask, patch_size, stride)
-    fraction = counts / float(patch_size * patch_size)
-    order = _order((fraction >= min_valid) & (counts > 0), math.ceil(patch_size / stride) - 1, rng, True)
-    return grid, [WaldWindow(Window(int(r[i]), int(c[j]), patch_size, patch_size), float(fraction[i, j])) for i, j in order]
+    return grid, lattice_windows(mask, patch_size, stride, rng, min_valid)
 
 
 def build_image_manifest(

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import urlparse
 
 from stacsr.catalog.presets import COMMON_NAMES, Preset
+from stacsr.io.store import s3_filesystem_from_env
 from stacsr.model import losses as L
 from stacsr.model import package as M
 from stacsr.model.package import ModelCard
@@ -34,24 +34,6 @@ class TrainError(RuntimeError):
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def s3_filesystem_from_env() -> Any:
-    """A pyarrow ``S3FileSystem`` configured from the environment (endpoint, region, credentials)."""
-    from pyarrow import fs
-
-    kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-                      session_token=os.environ.get("AWS_SESSION_TOKEN"))  # fmt: skip
-    return fs.S3FileSystem(**kwargs)
 
 
 def resolve_storage(storage: str | os.PathLike, filesystem: Any = None) -> tuple[str, str, Any]:
