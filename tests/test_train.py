@@ -29,7 +29,8 @@ from stacsr.train import checkpoint as C
 from stacsr.train import pairs as P
 from stacsr.train import trainer as T
 from stacsr.train.config import TrainConfig, from_dict, load_config
-from stacsr.train.loop import PREVIEW_TAG, preview_image
+from stacsr.train import degrade as D
+from stacsr.train.loop import PREVIEW_TAG, preview_image, worker_lr
 from tests.fixtures import scenes as SC
 from tests.fixtures.s3 import s3  # noqa: F401
 from tests.fixtures.services import planetary_computer_stand_in
@@ -177,7 +178,8 @@ def test_init_from_default_loads_and_mismatch_is_refused(pairs, ray_local, pc_st
     manifest, preset = pairs
     default = M.load("default")
     arch = {k: v for k, v in default.card.architecture.items()}
-    cfg = tiny(generator=arch, steps=1, optimiser={"lr_g": 1e-12, "lr_d": 1e-12}, pretrain_steps=1)
+    cfg = tiny(generator=arch, steps=1, optimiser={"lr_g": 1e-12, "lr_d": 1e-12}, pretrain_steps=1,
+               degradation={"kind": "mixed"})  # the workers make the LR
     T.train(manifest, tmp_path / "runs", "init", cfg, 1, False, preset, init_from="default",
             resources_per_worker=HALF_CPU)  # fmt: skip
     folder = Path(C.latest_checkpoint(tmp_path / "runs", "init"))
@@ -188,6 +190,27 @@ def test_init_from_default_loads_and_mismatch_is_refused(pairs, ray_local, pc_st
     assert json.loads((folder / "card.json").read_text())["provenance"]["init_from"] == default.ref
     with pytest.raises(ValueError, match="another architecture.*blocks: package 8 vs config 1"):
         T.prepare(manifest, "x", tiny(), 1, init_from="default")
+
+
+def test_mixed_wald_pairs_get_a_fresh_lr_on_the_worker(pairs):
+    table = P.read_manifest(pairs[0])
+    mixed, area = tiny(degradation={"kind": "mixed"}), tiny()
+    assert T.degrades_in_loop(mixed, table) and not T.degrades_in_loop(area, table)
+    cross = table.set_column(table.schema.get_field_index("kind"), "kind",
+                             [["cross-sensor"] * table.num_rows])  # fmt: skip
+    assert not T.degrades_in_loop(mixed, cross)  # a real LR is never replaced
+
+    hr = torch.rand(8, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 3000 + 100
+    read = D.area(hr, 4)
+    assert worker_lr(read, hr, area, False) is read
+    torch.manual_seed(5)
+    first = worker_lr(read, hr, mixed, True)
+    second = worker_lr(read, hr, mixed, True)
+    assert first.shape == read.shape and not torch.allclose(first, second)  # a new blur at every step
+    torch.manual_seed(5)
+    torch.testing.assert_close(worker_lr(read, hr, mixed, True), first)  # seeded: reproducible
+    # every LR is a blurred-then-averaged HR: it keeps the block means' overall level
+    assert abs(float(first.mean() - read.mean())) < 0.01 * float(read.mean())
 
 
 # ------------------------------------------------------------------ configuration and bad input

@@ -92,6 +92,28 @@ def test_area_is_the_block_mean_and_propagates_nodata():
         D.area(hr[:, :6], 4)
 
 
+def test_mixed_batch_blurs_each_sample_with_a_fresh_sigma():
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(6, 4, 48, 48, generator=g) * 3000 + 100
+    hr[0, :, :5, :5] = 0  # nodata
+    sigmas = [0.0, 0.2, D.MIN_SIGMA, 1.0, 1.5, 2.0]
+    each = D.blur_each(hr, sigmas)
+    for i, s in enumerate(sigmas):  # batched = one sample at a time; σ < MIN_SIGMA = no blur
+        ref = D.blur(hr[i], s) if s >= D.MIN_SIGMA else hr[i]
+        torch.testing.assert_close(each[i], ref, rtol=0, atol=1e-3)
+    lr = D.mixed_batch(hr, 4, 1.5, generator=torch.Generator().manual_seed(1))
+    drawn = D.mixed_sigmas(6, 1.5, generator=torch.Generator().manual_seed(1))
+    assert all(0 <= s <= 2.0 for s in drawn) and len(set(drawn)) == 6
+    for i, s in enumerate(drawn):
+        ref = D.degrade(hr[i].numpy(), 4, "mtf" if s >= D.MIN_SIGMA else "area", sigma=s)
+        np.testing.assert_allclose(lr[i].numpy(), ref, rtol=1e-5, atol=1e-3)
+    assert (lr[0, :, 0, 0] == 0).all() and (lr[0, :, 2, 2] > 0).all()
+    again = D.mixed_batch(hr, 4, 1.5, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(again, lr)  # another step, other blurs for the same patches
+    with pytest.raises(ValueError, match="3 sigmas for a batch of 6"):
+        D.blur_each(hr, [1.0, 1.0, 1.0])
+
+
 def test_mtf_keeps_flat_ground_blurs_edges_and_handles_nodata():
     flat = np.full((2, 16, 16), 1234.0, dtype=np.float32)
     np.testing.assert_allclose(D.mtf(flat, 4), np.full((2, 4, 4), 1234.0), rtol=1e-5)
@@ -222,6 +244,14 @@ def test_pair_dataset_shapes_cache_and_errors(setup, ray_local, pc_stand_in, tmp
     batches = list(T.pair_dataset(path, preset, cache_dir=cache, rows_per_block=3).iter_batches(batch_size=6))
     assert sum(len(b["id"]) for b in batches) == 6 and batches[0]["lr"].shape[1:] == (4, 8, 8)
     assert [r for r in pc_stand_in.requests if r.path.startswith("/blob/")] == []
+    # shuffled: every epoch (every pass) a new order of all rows, the same orders again from the same seed
+    ids = lambda ds: [str(i) for b in ds.iter_batches(batch_size=2) for i in b["id"]]  # noqa: E731
+    shuffled = T.pair_dataset(path, preset, cache_dir=cache, rows_per_block=1, shuffle=True, seed=3)
+    epochs = [ids(shuffled) for _ in range(3)]
+    assert all(sorted(e) == sorted(got) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1
+    again = T.pair_dataset(path, preset, cache_dir=cache, rows_per_block=1, shuffle=True, seed=3)
+    assert [ids(again) for _ in range(3)] == epochs
     with pytest.raises(P.PairsError, match="band mismatch"):
         T.pair_dataset(path, preset, bands=("B04", "B03", "B02"))
     with pytest.raises(P.PairsError, match="is empty"):

@@ -88,7 +88,7 @@ class OptimiserSection:
 class DegradationSection:
     """How the LR patch is made from the HR one (Wald protocol): see :mod:`stacsr.train.degrade`."""
 
-    kind: str = "area"  # area | mtf | mixed (σ uniform in [0, 4/3 sigma] per patch)
+    kind: str = "area"  # area | mtf | mixed (σ uniform in [0, 4/3 sigma], drawn per patch at every step)
     sigma: float = 1.5  # Gaussian blur (HR pixels) of the mtf kind
     noise_std: float = 0.0  # additive noise on LR (reflectance × 10000)
 

@@ -10,6 +10,8 @@ type (numpy → float32 numpy, torch → float tensor on the same device).
 - :func:`noise` — additive Gaussian noise on valid pixels;
 - ``mixed`` (training only, :data:`TRAIN_DEGRADATIONS`) — per patch, a blur σ drawn uniformly in
   [0, 4/3 × ``sigma``] (σ < :data:`MIN_SIGMA`: plain block mean), so one model learns sharp and blurred inputs.
+  :func:`mixed_batch` does it for a whole torch batch on the training worker, with a fresh σ per sample at
+  every step (what ``stacsr train`` uses for Wald pairs).
 
 Nodata: an LR pixel is 0 (in every band) when any HR pixel of its block is 0 in any band, the convention of
 :func:`stacsr.pipeline.super_resolve`. The blur of :func:`mtf` is normalised by the blurred validity mask, so
@@ -167,3 +169,49 @@ def degrade(hr: Any, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGM
     else:
         raise ValueError(f"unknown degradation {kind!r}: use {', '.join(TRAIN_DEGRADATIONS)}")
     return noise(lr, noise_std, rng) if noise_std else lr
+
+
+def mixed_sigmas(n: int, sigma: float = DEFAULT_SIGMA, generator: Any = None) -> list[float]:
+    """``n`` blur σ of the ``mixed`` degradation, uniform in [0, 4/3 × ``sigma``] (torch's generator)."""
+    import torch
+
+    return (torch.rand(n, generator=generator, dtype=torch.float64) * (sigma * 4 / 3)).tolist()
+
+
+def blur_each(hr: Any, sigmas: list[float]) -> Any:
+    """:func:`blur` of each sample of a torch batch ``(n, bands, rows, cols)`` with its own σ, in one pass
+    (σ < :data:`MIN_SIGMA`: unchanged). Each kernel is :func:`gaussian_kernel`, zero-padded to the largest."""
+    import torch
+    from torch.nn import functional as F
+
+    n, b, rows, cols = hr.shape
+    if len(sigmas) != n:
+        raise ValueError(f"{len(sigmas)} sigmas for a batch of {n}")
+    r = max(1, max(math.ceil(3 * s) for s in sigmas))
+    if min(rows, cols) <= r:
+        raise ValueError(f"patch {rows}×{cols} too small for a blur of sigma {max(sigmas)}")
+    kernels = np.zeros((n, 2 * r + 1))
+    for i, s in enumerate(sigmas):
+        k = gaussian_kernel(s) if s >= MIN_SIGMA else np.ones(1)
+        kernels[i, r - len(k) // 2 : r + len(k) // 2 + 1] = k
+    k = torch.from_numpy(np.repeat(kernels, b, axis=0)).to(hr.device)
+    x = hr.double()
+    valid = (x != 0).double()
+
+    def conv(z: Any) -> Any:
+        z = z.reshape(1, n * b, rows, cols)
+        z = F.conv2d(F.pad(z, (0, 0, r, r), mode="reflect"), k.view(n * b, 1, -1, 1), groups=n * b)
+        z = F.conv2d(F.pad(z, (r, r, 0, 0), mode="reflect"), k.view(n * b, 1, 1, -1), groups=n * b)
+        return z.reshape(n, b, rows, cols)
+
+    out = conv(x * valid) / conv(valid).clamp_min(1e-12)
+    return out.masked_fill(valid == 0, 0.0).to(hr.float().dtype)
+
+
+def mixed_batch(hr: Any, scale: int, sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0, generator: Any = None) -> Any:
+    """LR of a torch HR batch by the ``mixed`` degradation, a fresh σ per sample (:func:`mixed_sigmas`), then
+    optional noise; nodata as in :func:`area`. Draws from ``generator`` (default torch's global one)."""
+    _check(hr, scale)
+    lr = area(blur_each(hr, mixed_sigmas(hr.shape[0], sigma, generator)), scale)
+    lr = lr.masked_fill(_invalid_blocks(hr, scale).expand_as(lr), 0.0)
+    return noise(lr, noise_std, generator) if noise_std else lr

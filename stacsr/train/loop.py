@@ -6,6 +6,10 @@ NCCL on GPU; bf16 autocast on GPU only), and reads its shard of the ``"train"`` 
 ``steps`` optimiser steps are done. Every worker does exactly the same number of steps (the shards are equal),
 so the collective calls (DDP all-reduce, ``ray.train.report``, a barrier) line up.
 
+Wald pairs under the ``mixed`` degradation come with ``degrade_in_loop``: the worker remakes each batch's LR
+from its HR (:func:`stacsr.train.degrade.mixed_batch`, a fresh blur σ per sample at every step, drawn from
+the worker's seeded generator), so a patch is seen under many blurs over the epochs, not under one.
+
 A step: ``pretrain`` phase (``step < pretrain_steps``): G on the content loss only (L1/L2/VGG on every scale of
 the pyramid). ``gan`` phase: one D step (``discriminator_loss``: WGAN-GP with penalty and drift, LSGAN or
 RaGAN) on the real pyramid and the detached fake one, then one G step on content + ``gan`` × adversarial loss
@@ -45,6 +49,7 @@ from stacsr.model.discriminator import Discriminator
 from stacsr.model.generator import Generator
 from stacsr.model.package import ModelCard, from_bytes
 from stacsr.train import checkpoint as C
+from stacsr.train import degrade as DG
 from stacsr.train.config import TrainConfig, from_dict
 
 TB_FOLDER = "tensorboard"
@@ -165,6 +170,14 @@ def augment(lr: Tensor, hr: Tensor, dihedral: bool, gain: float) -> tuple[Tensor
     return lr, hr
 
 
+def worker_lr(lr: Tensor, hr: Tensor, config: TrainConfig, degrade_in_loop: bool) -> Tensor:
+    """The batch's LR: ``lr`` as read, or with ``degrade_in_loop`` remade from ``hr`` by the config's mixed
+    degradation (a fresh σ per sample, from torch's global generator)."""
+    if not degrade_in_loop:
+        return lr
+    return DG.mixed_batch(hr, config.generator.scale, config.degradation.sigma, config.degradation.noise_std)
+
+
 def set_learning_rates(nets: "Nets", optimiser: Any, step: int, steps: int) -> None:
     """Both optimisers' learning rates for ``step`` (0-based) from the schedule of ``optimiser``."""
     f = optimiser.factor(step, steps)
@@ -240,7 +253,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     ``config`` (TrainConfig dict), ``card`` (ModelCard dict of the generator being trained), ``storage``,
     ``name``, ``storage_filesystem`` (pyarrow, or None), ``init_weights`` (safetensors bytes of a package's
-    generator, or None: used only when the run has no checkpoint yet).
+    generator, or None: used only when the run has no checkpoint yet), ``degrade_in_loop`` (remake LR from HR
+    with the config's mixed degradation at every step).
     """
     import ray.train
     import ray.train.torch
@@ -289,7 +303,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     extra = {"discriminator": config.discriminator_config.to_dict(), "config": config.to_dict(), "world_size": world}
     try:
         for lr, hr in _batches(shard, config.batch_size, rank):
-            lr, hr = augment(lr.to(device), hr.to(device), config.augment.dihedral, config.augment.gain)
+            lr, hr = lr.to(device), hr.to(device)
+            lr = worker_lr(lr, hr, config, bool(loop_config.get("degrade_in_loop")))
+            lr, hr = augment(lr, hr, config.augment.dihedral, config.augment.gain)
             set_learning_rates(nets, O, step, config.steps)
             phase = C.PHASE_PRETRAIN if step < config.pretrain_steps else C.PHASE_GAN
             metrics = train_step(nets, lr, hr, weights, vgg, levels, norm, phase == C.PHASE_GAN, amp, config.ema,

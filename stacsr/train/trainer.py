@@ -26,7 +26,7 @@ from stacsr.model import losses as L
 from stacsr.model import package as M
 from stacsr.model.package import ModelCard
 from stacsr.train.config import TrainConfig, load_config
-from stacsr.train.pairs import PairsError, manifest_metadata, read_manifest
+from stacsr.train.pairs import KIND_WALD, PairsError, manifest_metadata, read_manifest
 
 
 class TrainError(RuntimeError):
@@ -124,6 +124,13 @@ def prepare(
     return cfg, table, card, package
 
 
+def degrades_in_loop(cfg: TrainConfig, table: Any) -> bool:
+    """Whether the workers make the LR (Wald pairs under the ``mixed`` degradation): a fresh blur per patch at
+    every step, where a σ drawn in the dataset (seeded per patch) would be the same every epoch. The dataset
+    then reads HR (and a block-mean LR that the workers replace)."""
+    return cfg.degradation.kind == "mixed" and set(table.column("kind").to_pylist()) == {KIND_WALD}
+
+
 def train(
     manifest: str | os.PathLike,
     storage: str | os.PathLike,
@@ -154,8 +161,10 @@ def train(
     cfg, table, card, package = prepare(manifest, name, config, workers, init_from, manifest_filesystem)
     loop_storage, ray_storage, filesystem = resolve_storage(storage, storage_filesystem)
     preset = preset or PRESETS["planetary-computer"]
-    ds = pair_dataset(table, preset, cfg.degradation.kind, cfg.degradation.noise_std, sigma=cfg.degradation.sigma,
-                      bands=card.bands, cache_dir=cfg.cache_dir, seed=cfg.seed).select_columns(["lr", "hr"])  # fmt: skip
+    in_loop = degrades_in_loop(cfg, table)
+    kind, noise = ("area", 0.0) if in_loop else (cfg.degradation.kind, cfg.degradation.noise_std)
+    ds = pair_dataset(table, preset, kind, noise, sigma=cfg.degradation.sigma, bands=card.bands,
+                      cache_dir=cfg.cache_dir, seed=cfg.seed, shuffle=True).select_columns(["lr", "hr"])  # fmt: skip
     import json
 
     loop_config = {
@@ -166,6 +175,7 @@ def train(
         "storage_filesystem": filesystem,
         "init_card": json.dumps(package.card.to_dict()) if package is not None else None,
         "init_weights": package.weights if package is not None else None,
+        "degrade_in_loop": in_loop,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
