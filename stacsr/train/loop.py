@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import tempfile
 from contextlib import nullcontext
 from typing import Any, Iterator, Sequence
@@ -211,6 +211,28 @@ class Nets:
     opt_d: torch.optim.Optimizer
 
 
+def build_nets(config: TrainConfig, device: torch.device | str, init: Generator | None = None) -> Nets:
+    """G (with ``init``'s weights when given), D, the EMA of G and one Adam each, on ``device``, seeded by
+    ``config.seed`` (every worker starts from the same networks). ``Gp``/``Dp`` are not wrapped yet: load a
+    checkpoint first, then wrap them for DDP (:func:`wrap_nets`)."""
+    torch.manual_seed(config.seed)
+    G, D = Generator(config.generator), Discriminator(config.discriminator_config)
+    if init is not None:
+        G.load_state_dict(init.state_dict())
+    G.to(device)
+    D.to(device)
+    ema = copy.deepcopy(G).requires_grad_(False).eval()
+    O = config.optimiser
+    opt_g = torch.optim.Adam(G.parameters(), lr=O.lr_g, betas=O.betas, eps=O.eps)
+    opt_d = torch.optim.Adam(D.parameters(), lr=O.lr_d, betas=O.betas, eps=O.eps)
+    return Nets(G, PyramidG(G), D, D, ema, opt_g, opt_d)
+
+
+def wrap_nets(nets: Nets, wrap: Any) -> Nets:
+    """``nets`` whose ``Gp`` and ``Dp`` go through ``wrap`` (``ray.train.torch.prepare_model``, or DDP)."""
+    return replace(nets, Gp=wrap(nets.Gp), Dp=wrap(nets.D))
+
+
 def train_step(
     nets: Nets, lr: Tensor, hr: Tensor, weights: L.LossWeights, vgg: nn.Module | None, levels: int,
     norm: float, gan: bool, amp: Any, ema_decay: float, border: int = 0,
@@ -269,18 +291,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     norm = config.generator.norm_scale
     levels = config.generator.n_upsample + 1
 
-    torch.manual_seed(config.seed)  # every worker starts from the same networks
-    G = Generator(config.generator)
-    D = Discriminator(config.discriminator_config)
+    init = None
     if loop_config.get("init_weights") is not None:
-        package = from_bytes(loop_config["init_card"], loop_config["init_weights"], source="--init-from")
-        G.load_state_dict(package.generator.state_dict())
-    G.to(device)
-    D.to(device)
-    ema = copy.deepcopy(G).requires_grad_(False).eval()
-    O = config.optimiser
-    opt_g = torch.optim.Adam(G.parameters(), lr=O.lr_g, betas=O.betas, eps=O.eps)
-    opt_d = torch.optim.Adam(D.parameters(), lr=O.lr_d, betas=O.betas, eps=O.eps)
+        init = from_bytes(loop_config["init_card"], loop_config["init_weights"], source="--init-from").generator
+    nets = build_nets(config, device, init)
+    G, D, ema, opt_g, opt_d, O = nets.G, nets.D, nets.ema, nets.opt_g, nets.opt_d, config.optimiser
 
     start = 0
     resumed = ray.train.get_checkpoint()
@@ -294,7 +309,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     vgg = L.perceptual_network(weights, config.losses.vgg_weights, config.losses.vgg_layer)
     if vgg is not None:
         vgg.to(device)
-    nets = Nets(G, ray.train.torch.prepare_model(PyramidG(G)), D, ray.train.torch.prepare_model(D), ema, opt_g, opt_d)
+    nets = wrap_nets(nets, ray.train.torch.prepare_model)
     torch.manual_seed(config.seed * 7919 + 1000 * rank + start)  # GP mixing, per worker and session
 
     board = Board(loop_config["storage"], loop_config["name"], loop_config.get("storage_filesystem")) if rank == 0 else None

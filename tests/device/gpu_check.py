@@ -13,7 +13,6 @@ and read back on the CPU, and the inference :class:`~stacsr.model.package.Predic
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from stacsr.model.discriminator import Discriminator  # noqa: E402
 from stacsr.model.generator import Generator  # noqa: E402
 from stacsr.train import checkpoint as C  # noqa: E402
 from stacsr.train.config import TrainConfig, from_dict, load_config  # noqa: E402
-from stacsr.train.loop import Nets, PyramidG, augment, set_learning_rates, train_step  # noqa: E402
+from stacsr.train.loop import Nets, augment, build_nets, set_learning_rates, train_step, wrap_nets  # noqa: E402
 
 DEV = torch.device(os.environ.get("STACSR_CHECK_DEVICE", "cuda"))  # "cpu": a dry run of the script itself
 RESULTS: list[tuple[str, bool, str]] = []
@@ -71,14 +70,8 @@ def smooth_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def build(cfg: TrainConfig) -> Nets:
-    torch.manual_seed(cfg.seed)
-    G, D = Generator(cfg.generator).to(DEV), Discriminator(cfg.discriminator_config).to(DEV)
-    ema = copy.deepcopy(G).requires_grad_(False).eval()
-    O = cfg.optimiser
-    opt_g = torch.optim.Adam(G.parameters(), lr=O.lr_g, betas=O.betas, eps=O.eps)
-    opt_d = torch.optim.Adam(D.parameters(), lr=O.lr_d, betas=O.betas, eps=O.eps)
     ids = [0] if DEV.type == "cuda" else None
-    return Nets(G, DDP(PyramidG(G), device_ids=ids), D, DDP(D, device_ids=ids), ema, opt_g, opt_d)
+    return wrap_nets(build_nets(cfg, DEV), lambda m: DDP(m, device_ids=ids))
 
 
 def run(cfg: TrainConfig, nets: Nets, steps: int, gan: bool, seed: int = 0) -> list[dict[str, float]]:

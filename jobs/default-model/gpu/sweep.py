@@ -39,13 +39,12 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from stacsr.evaluate import metrics as M  # noqa: E402
-from stacsr.model.discriminator import Discriminator  # noqa: E402
 from stacsr.model.generator import Generator  # noqa: E402
 from stacsr.model.package import ModelCard  # noqa: E402
 from stacsr.train import checkpoint as C  # noqa: E402
 from stacsr.train import degrade as D  # noqa: E402
 from stacsr.train.config import TrainConfig, from_dict, load_config  # noqa: E402
-from stacsr.train.loop import Nets, PyramidG, augment, set_learning_rates, train_step  # noqa: E402
+from stacsr.train.loop import augment, build_nets, set_learning_rates, train_step  # noqa: E402
 
 BASE_CONFIG = ROOT / "jobs" / "default-model" / "train.yaml"
 BANDS = ["B02", "B03", "B04", "B08"]
@@ -149,14 +148,7 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
         val = [f[k] for k in sorted(f.files) if k.startswith("val/")]
     windows = Windows(train, device)
 
-    torch.manual_seed(cfg.seed)
-    G = Generator(cfg.generator).to(device)
-    Dn = Discriminator(cfg.discriminator_config).to(device)
-    ema = copy.deepcopy(G).requires_grad_(False).eval()
-    O = cfg.optimiser
-    opt_g = torch.optim.Adam(G.parameters(), lr=O.lr_g, betas=O.betas, eps=O.eps)
-    opt_d = torch.optim.Adam(Dn.parameters(), lr=O.lr_d, betas=O.betas, eps=O.eps)
-    nets = Nets(G, PyramidG(G), Dn, Dn, ema, opt_g, opt_d)
+    nets, O = build_nets(cfg, device), cfg.optimiser
     weights, levels, norm = cfg.losses.weights(), cfg.generator.n_upsample + 1, cfg.generator.norm_scale
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -175,7 +167,7 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
             steps, calibrated = max(step + 1, min(cap, int(rate * left * 0.92))), True
             print(f"{name}: {rate:.0f} steps/s → {steps} steps", flush=True)
         if step % eval_every == 0 or step == steps:
-            curve.append({"step": step, "l1": float(metrics["content"].detach()), **evaluate(ema, val, device)})
+            curve.append({"step": step, "l1": float(metrics["content"].detach()), **evaluate(nets.ema, val, device)})
             print(f"{name} {step}: mtf {curve[-1]['mtf']['delta_psnr']:+.3f} area {curve[-1]['area']['delta_psnr']:+.3f}", flush=True)
 
     cfg = dataclasses.replace(cfg, steps=steps, pretrain_steps=steps)
@@ -186,8 +178,9 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
                                  "sweep": {"sigma_range": list(sigma_range), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                            "torch": torch.__version__, "seconds": round(time.monotonic() - t0)}})  # fmt: skip
     folder = Path(work) / name
-    C.save_checkpoint(folder, card=card, generator=G, generator_ema=ema, discriminator=Dn, optimizer_g=opt_g,
-                      optimizer_d=opt_d, step=steps, phase=C.PHASE_PRETRAIN, extra={"config": cfg.to_dict()})  # fmt: skip
+    C.save_checkpoint(folder, card=card, generator=nets.G, generator_ema=nets.ema, discriminator=nets.D,
+                      optimizer_g=nets.opt_g, optimizer_d=nets.opt_d, step=steps, phase=C.PHASE_PRETRAIN,
+                      extra={"config": cfg.to_dict()})  # fmt: skip
     for f in folder.iterdir():  # export needs the card, the EMA weights and the state; D is not trained here
         if f.name not in (C.CARD, C.GENERATOR, C.GENERATOR_EMA, C.STATE):
             f.unlink()
