@@ -12,10 +12,10 @@ with the real commands on the CPU machine.
 
 Every variant runs in its own process for the same wall-clock budget; each measures its speed over its
 first steps and sets its step count (and so its cosine schedule) to fit the budget. Writes
-``results.json`` and one checkpoint archive per variant (``stacsr.train.checkpoint`` format, readable by
-``stacsr export``) under ``--out``::
+``results.json`` (every variant's scores every ``--eval-every`` steps) and ``checkpoints.tar`` (one folder
+per variant with its card, EMA weights and state: what ``stacsr export`` reads) under ``--out``::
 
-    python jobs/default-model/gpu/sweep.py --data build/device/real-s2.npz --minutes 6 --out $OUT
+    python jobs/default-model/gpu/sweep.py --data build/device/real-s2.npz --minutes 7 --out $OUT
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
         metrics = train_step(nets, lr, hr, weights, None, levels, norm, False, nullcontext(), cfg.ema, cfg.losses.border)
         step += 1
         if not calibrated and step == 300:
-            torch.cuda.synchronize() if device.type == "cuda" else None
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             rate = step / (time.monotonic() - t_train)
             left = seconds - (time.monotonic() - t0) - 20  # scoring and saving
             steps, calibrated = max(step + 1, min(cap, int(rate * left * 0.92))), True
@@ -181,8 +182,8 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
     C.save_checkpoint(folder, card=card, generator=nets.G, generator_ema=nets.ema, discriminator=nets.D,
                       optimizer_g=nets.opt_g, optimizer_d=nets.opt_d, step=steps, phase=C.PHASE_PRETRAIN,
                       extra={"config": cfg.to_dict()})  # fmt: skip
-    for f in folder.iterdir():  # export needs the card, the EMA weights and the state; D is not trained here
-        if f.name not in (C.CARD, C.GENERATOR, C.GENERATOR_EMA, C.STATE):
+    for f in folder.iterdir():  # export needs the card, the EMA weights and the state (8 runs fit in 16 MB)
+        if f.name not in (C.CARD, C.GENERATOR_EMA, C.STATE):
             f.unlink()
     return {"name": name, "steps": steps, "sigma_range": list(sigma_range), "overrides": over, "curve": curve,
             "final": curve[-1], "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
