@@ -89,6 +89,13 @@ def run(cfg: TrainConfig, nets: Nets, steps: int, gan: bool, seed: int = 0) -> l
     return out
 
 
+def trained(steps: int, gan_phase: bool, **losses: float) -> tuple[TrainConfig, Nets, list[dict[str, float]]]:
+    """A tiny configuration (``losses`` weights), its networks (DDP) and the metrics of ``steps`` steps."""
+    cfg = tiny_config(**losses)
+    nets = build(cfg)
+    return cfg, nets, run(cfg, nets, steps, gan_phase)
+
+
 def main() -> int:
     if DEV.type == "cuda" and not torch.cuda.is_available():
         print("FAIL no CUDA device")
@@ -100,8 +107,7 @@ def main() -> int:
 
     @check(f"bf16 + DDP/{backend}, content phase learns")
     def _() -> str:
-        cfg = tiny_config(l2=0.0, gan=0.0)
-        m = run(cfg, build(cfg), 300, gan=False)
+        _, _, m = trained(300, False, l2=0.0, gan=0.0)
         first, last = np.mean([x["l1"] for x in m[:20]]), np.mean([x["l1"] for x in m[-20:]])
         assert all(np.isfinite(v) for x in m for v in x.values()), "a loss is not finite"
         assert last < 0.5 * first, f"L1 {first:.5f} → {last:.5f}: not learning"
@@ -112,7 +118,7 @@ def main() -> int:
         cfg = tiny_config(gan=1.0)
         nets = build(cfg)
         d0 = [p.detach().clone() for p in nets.D.parameters()]
-        m = run(cfg, nets, 60, gan=True)
+        m = run(cfg, nets, 60, gan=True)  # D before training is kept: not through trained()
         keys = {"d_loss", "gp", "drift", "adv", "g_total", "content"}
         assert keys <= set(m[-1]), f"missing terms {keys - set(m[-1])}"
         assert all(np.isfinite(x[k]) for x in m for k in keys), "a loss is not finite"
@@ -123,9 +129,7 @@ def main() -> int:
 
     @check("bf16 autocast output close to fp32")
     def _() -> str:
-        cfg = tiny_config()
-        nets = build(cfg)
-        run(cfg, nets, 50, gan=False)
+        _, nets, _ = trained(50, False)
         x = F.avg_pool2d(smooth_images(4, 64, torch.Generator().manual_seed(3)), 4)
         with torch.no_grad():
             ref = nets.G(x)
@@ -137,9 +141,7 @@ def main() -> int:
 
     @check("checkpoint from CUDA/DDP networks reads back on the CPU, export package equal")
     def _() -> str:
-        cfg = tiny_config()
-        nets = build(cfg)
-        run(cfg, nets, 20, gan=True)
+        cfg, nets, _ = trained(20, True)
         card = P.ModelCard(name="gpu-check", version="0.1.0", bands=["B02", "B03", "B04", "B08"],
                            common_names=["blue", "green", "red", "nir"], architecture=cfg.generator.to_dict())  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
