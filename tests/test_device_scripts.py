@@ -1,5 +1,6 @@
-"""The scripts written for a GPU machine (no GPU here): the default-model sweep scores exactly as
-``stacsr evaluate`` does, and the GPU check runs end to end in its CPU dry-run mode."""
+"""The default model's scripts: the sweep (written for a GPU machine) scores exactly as ``stacsr evaluate``
+does and builds its variants' data as documented, the GPU check runs end to end in its CPU dry-run mode, and
+``rgbn_from_rgb.py`` makes a 4-band training image from an RGB one."""
 
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ from tests.test_evaluate import images, world10  # noqa: F401
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sweep_module():
-    spec = importlib.util.spec_from_file_location("sweep", ROOT / "jobs" / "default-model" / "gpu" / "sweep.py")
+def script(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "jobs" / "default-model" / path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def sweep_module():
+    return script("gpu/sweep.py", "sweep")
 
 
 def test_sweep_scores_like_stacsr_evaluate(images):  # noqa: F811
@@ -42,6 +48,43 @@ def test_sweep_scores_like_stacsr_evaluate(images):  # noqa: F811
     assert len(windows.index) == ((hr.shape[1] - 48) // 4 + 1) * ((hr.shape[2] - 48) // 4 + 1)
     lr, batch = sweep.make_pairs(windows.sample(5, torch.Generator().manual_seed(0)), (0.0, 2.0), torch.Generator())
     assert lr.shape == (5, 4, 12, 12) and batch.shape == (5, 4, 48, 48)
+
+
+def test_sweep_variants_build_the_documented_data():
+    sweep = sweep_module()
+    assert all(n in sweep.VARIANTS for names in sweep.SWEEPS.values() for n in names)
+    rng = np.random.default_rng(0)
+    files = {"train/000/a": rng.integers(1, 5000, (4, 96, 96)).astype(np.uint16),
+             "train/001/b": rng.integers(1, 5000, (4, 64, 64)).astype(np.uint16),
+             "urban/000/c": rng.integers(1, 5000, (4, 80, 56)).astype(np.uint16),
+             "val/000/d": rng.integers(1, 5000, (4, 64, 64)).astype(np.uint16)}  # fmt: skip
+    cpu = torch.device("cpu")
+    lattice = lambda rows, cols, st=4: ((rows - 48) // st + 1) * ((cols - 48) // st + 1)  # noqa: E731
+    base = lattice(96, 96) + lattice(64, 64)
+    assert len(sweep.training_windows(files, sweep.VARIANTS["base-12k"], cpu).index) == base
+    assert len(sweep.training_windows(files, sweep.VARIANTS["urban1"], cpu).index) == base + lattice(80, 56)
+    assert len(sweep.training_windows(files, sweep.VARIANTS["urban1-st8"], cpu).index) == base + lattice(80, 56, 8)
+    half = sweep.training_windows(files, sweep.VARIANTS["half-scale"], cpu)  # only a's half is ≥ 48 px
+    assert len(half.index) == base + lattice(48, 48)
+    np.testing.assert_allclose(half.images[2].numpy(), files["train/000/a"].reshape(4, 48, 2, 48, 2).mean((2, 4)), atol=0.5)
+
+
+def test_rgbn_from_rgb_synthesises_b08_as_the_visible_mean(tmp_path):
+    module = script("rgbn_from_rgb.py", "rgbn_from_rgb")
+    rgb = np.stack([np.full((8, 6), v, np.float32) for v in (300.0, 600.0, 1200.0)])
+    rgb[0, 0, 0] = -150.0  # dark pixel below 0 after the BOA offset
+    src = tmp_path / "rgb.tif"
+    profile = {"driver": "GTiff", "width": 6, "height": 8, "count": 3, "dtype": "float32", "crs": "EPSG:32633",
+               "transform": rasterio.Affine(10, 0, 400000, 0, -10, 5800000)}  # fmt: skip
+    with rasterio.open(src, "w", **profile) as d:
+        d.write(rgb)
+        d.descriptions = ("B02", "B03", "B04")
+    out = module.convert(src, tmp_path / "out" / "rgbn.tif")
+    with rasterio.open(out) as d:
+        data, names, crs, transform = d.read(), d.descriptions, d.crs, d.transform
+    assert names == ("B02", "B03", "B04", "B08") and data.dtype == np.uint16 and crs.to_epsg() == 32633
+    assert transform == profile["transform"]
+    assert data[0, 0, 0] == 1 and data[3, 1, 1] == 700 and data[3, 0, 0] == round((1 + 600 + 1200) / 3)
 
 
 def test_gpu_check_dry_run_on_cpu():

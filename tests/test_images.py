@@ -121,6 +121,8 @@ def test_learning_rate_schedule():
         from_dict({"optimiser": {"schedule": "step"}})
     with pytest.raises(ValueError, match="augment.gain"):
         from_dict({"augment": {"gain": 1.5}})
+    with pytest.raises(ValueError, match=r"degradation.sigma_min: must be in \[0, 4/3 × sigma = 2\]"):
+        from_dict({"degradation": {"kind": "mixed", "sigma_min": 2.5}})
 
 
 def test_augmentation_keeps_pairs_aligned():

@@ -93,6 +93,35 @@ def test_random_generator_is_not_bicubic():
     assert diff > 10
 
 
+@pytest.mark.parametrize("consistent", [False, True])
+def test_zero_init_residual_starts_as_the_residual_base(consistent):
+    """Blocks start as the identity and the output convs at zero: the untrained network is (consistent)
+    bicubic; the other layers keep the seed's initialisation, so training moves it at once."""
+    torch.manual_seed(0)
+    config = GeneratorConfig(bands=4, scale=4, features=8, blocks=2, consistent=consistent)
+    plain = Generator(config)
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(**{**config.to_dict(), "zero_init_residual": True})).eval()
+    x = inputs(4, 11, 13)
+    with torch.no_grad():
+        features = g.head(x / 1e4)
+        torch.testing.assert_close(g.body(features), features)
+        want = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+        if consistent:
+            want = want + F.interpolate(x - F.avg_pool2d(want, 4), scale_factor=4, mode="nearest")
+        torch.testing.assert_close(g(x), want, rtol=1e-5, atol=1e-2)
+        assert all(p.abs().max() == 0 for p in g.tail.parameters())
+    torch.testing.assert_close(g.head[0].weight, plain.head[0].weight)  # same seed, same random layers
+    torch.testing.assert_close(g.body[0].conv1.weight, plain.body[0].conv1.weight)
+    # one content-loss step moves it off bicubic
+    opt = torch.optim.Adam(g.parameters(), lr=1e-3)
+    target = want + 50 * torch.randn_like(want)
+    F.l1_loss(g.train()(x), target).backward()
+    opt.step()
+    with torch.no_grad():
+        assert (g(x) - want).abs().max() > 1
+
+
 def test_generator_config_dict_round_trip():
     c = GeneratorConfig(bands=6, scale=8, features=16, blocks=3, residual_bicubic=False)
     assert GeneratorConfig.from_dict({**c.to_dict(), "unknown": 1}) == c

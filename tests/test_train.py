@@ -190,6 +190,9 @@ def test_init_from_default_loads_and_mismatch_is_refused(pairs, ray_local, pc_st
     assert json.loads((folder / "card.json").read_text())["provenance"]["init_from"] == default.ref
     with pytest.raises(ValueError, match="another architecture.*blocks: package 8 vs config 1"):
         T.prepare(manifest, "x", tiny(), 1, init_from="default")
+    # how training starts is not the architecture: a config without zero_init_residual may fine-tune it
+    assert default.card.config.zero_init_residual
+    T.prepare(manifest, "x", tiny(generator={**arch, "zero_init_residual": False}), 1, init_from="default")
 
 
 def test_mixed_wald_pairs_get_a_fresh_lr_on_the_worker(pairs):

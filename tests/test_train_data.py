@@ -114,6 +114,22 @@ def test_mixed_batch_blurs_each_sample_with_a_fresh_sigma():
         D.blur_each(hr, [1.0, 1.0, 1.0])
 
 
+def test_mixed_sigma_min_leaves_out_the_sharpest_inputs():
+    g = torch.Generator().manual_seed(0)
+    drawn = D.mixed_sigmas(2000, 1.5, generator=g, sigma_min=0.5)
+    assert min(drawn) >= 0.5 and max(drawn) <= 2.0 and min(drawn) < 0.55 and max(drawn) > 1.95
+    everything = D.mixed_sigmas(2000, 1.5, generator=torch.Generator().manual_seed(0))
+    assert min(everything) < 0.01  # the default still reaches sharp block means
+    hr = torch.rand(4, 4, 48, 48, generator=g) * 3000 + 100
+    lr = D.mixed_batch(hr, 4, 1.5, generator=torch.Generator().manual_seed(3), sigma_min=0.5)
+    want = D.mixed_sigmas(4, 1.5, generator=torch.Generator().manual_seed(3), sigma_min=0.5)
+    for i, s in enumerate(want):
+        np.testing.assert_allclose(lr[i].numpy(), D.mtf(hr[i].numpy(), 4, s), rtol=1e-5, atol=1e-3)
+    rng = np.random.default_rng(0)  # the dataset-side (numpy) draw honours it too
+    area = D.area(hr[0].numpy(), 4)
+    assert not any(np.array_equal(D.degrade(hr[0].numpy(), 4, "mixed", rng=rng, sigma_min=1.0), area) for _ in range(30))
+
+
 def test_mtf_keeps_flat_ground_blurs_edges_and_handles_nodata():
     flat = np.full((2, 16, 16), 1234.0, dtype=np.float32)
     np.testing.assert_allclose(D.mtf(flat, 4), np.full((2, 4, 4), 1234.0), rtol=1e-5)

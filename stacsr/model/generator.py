@@ -34,6 +34,7 @@ class GeneratorConfig:
     residual_bicubic: bool = True  # output = bicubic(input) + learned correction
     norm_scale: float = 10000.0  # input DN ÷ norm_scale = network units (reflectance)
     consistent: bool = False  # each output block's mean equals its input pixel (reflectance consistency)
+    zero_init_residual: bool = False  # start of training: residual branches and output convs at zero
 
     @property
     def n_upsample(self) -> int:
@@ -54,6 +55,10 @@ class GeneratorConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def architecture(self) -> dict:
+        """:meth:`to_dict` less the options that only set how training starts (same network, same weights)."""
+        return {k: v for k, v in self.to_dict().items() if k != "zero_init_residual"}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
@@ -109,6 +114,16 @@ class Generator(nn.Module):
         self.tail = nn.Conv2d(f, config.bands, config.tail_kernel, padding=config.tail_kernel // 2)
         # intermediate heads, created last so that a given seed initialises the layers above as before
         self.to_images = nn.ModuleList([nn.Conv2d(f, config.bands, 1) for _ in range(config.n_upsample)])
+        if config.zero_init_residual:
+            self._zero_init_residual()
+
+    def _zero_init_residual(self) -> None:
+        """Zero the last conv of each residual block and every output conv (as torchvision's ResNet does with
+        ``zero_init_residual``): each block starts as the identity and, with ``residual_bicubic``, the
+        untrained generator is its residual base (bicubic, made consistent when ``consistent``)."""
+        for conv in [b.conv2 for b in self.body] + [self.tail, *self.to_images]:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
 
     @property
     def n_upsample(self) -> int:

@@ -88,8 +88,9 @@ class OptimiserSection:
 class DegradationSection:
     """How the LR patch is made from the HR one (Wald protocol): see :mod:`stacsr.train.degrade`."""
 
-    kind: str = "area"  # area | mtf | mixed (σ uniform in [0, 4/3 sigma], drawn per patch at every step)
+    kind: str = "area"  # area | mtf | mixed (σ uniform in [sigma_min, 4/3 sigma], drawn per patch at every step)
     sigma: float = 1.5  # Gaussian blur (HR pixels) of the mtf kind
+    sigma_min: float = 0.0  # the mixed kind's smallest σ (0: some inputs are sharp block means)
     noise_std: float = 0.0  # additive noise on LR (reflectance × 10000)
 
 
@@ -151,6 +152,8 @@ class TrainConfig:
         Dg = self.degradation
         need(Dg.kind in ("area", "mtf", "mixed"), "degradation.kind", f"must be area, mtf or mixed, not {Dg.kind!r}")
         need(Dg.sigma > 0, "degradation.sigma", "must be > 0")
+        need(0 <= Dg.sigma_min <= Dg.sigma * 4 / 3, "degradation.sigma_min",
+             f"must be in [0, 4/3 × sigma = {Dg.sigma * 4 / 3:g}], not {Dg.sigma_min}")
         need(Dg.noise_std >= 0, "degradation.noise_std", "must be ≥ 0")
 
     @property

@@ -184,9 +184,9 @@ def _save(path: Path, hr: np.ndarray, **more: np.ndarray) -> None:
 def read_wald_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "area", noise_std: float = 0.0, *,
                    sigma: float = D.DEFAULT_SIGMA, rng: np.random.Generator | None = None,
                    bands: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
-                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                   sigma_min: float = 0.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     hr = read_hr(row, preset, cache_dir, bands).astype(np.float32)
-    lr = D.degrade(hr, int(row["scale"]), degradation, sigma=sigma, noise_std=noise_std, rng=rng)
+    lr = D.degrade(hr, int(row["scale"]), degradation, sigma=sigma, noise_std=noise_std, rng=rng, sigma_min=sigma_min)
     return lr, hr
 
 
@@ -284,9 +284,10 @@ def _cross_cache_path(cache_dir: str | os.PathLike, row: Mapping[str, Any]) -> P
 def read_cross_sensor_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "area", noise_std: float = 0.0,
                            *, sigma: float = D.DEFAULT_SIGMA, rng: np.random.Generator | None = None,
                            bands: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
-                           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                           sigma_min: float = 0.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``(lr, hr)`` of a cross-sensor row: LR the S2 window, HR the other sensor on the zoomed grid (see the
-    module). ``degradation``/``sigma`` do not apply (the LR is real); ``noise_std`` still adds noise to LR."""
+    module). ``degradation``/``sigma``/``sigma_min`` do not apply (the LR is real); ``noise_std`` still adds
+    noise to LR."""
     listed, hrefs = row_bands(row, bands)
     lr_grid, hr_grid = pair_grids(row)
     scale = int(row["scale"])
@@ -319,16 +320,18 @@ READERS: dict[str, Reader] = {KIND_WALD: read_wald_pair, KIND_CROSS_SENSOR: read
 def read_pair(row: Mapping[str, Any], preset: Preset, degradation: str = "area", noise_std: float = 0.0, *,
               sigma: float = D.DEFAULT_SIGMA, rng: np.random.Generator | None = None,
               bands: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
-              ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+              sigma_min: float = 0.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``(lr, hr)`` float32 reflectance × 10000 of a manifest row: ``(bands, size/scale, size/scale)`` and
     ``(bands, size, size)``, checked with :func:`check_pair`. ``degradation``: ``"area"``, ``"mtf"`` or ``"mixed"``
-    (``sigma`` in HR pixels); ``noise_std`` adds noise to LR; ``bands``: the model's bands, to refuse others."""
+    (``sigma``, ``sigma_min`` in HR pixels: :func:`stacsr.train.degrade.degrade`); ``noise_std`` adds noise to
+    LR; ``bands``: the model's bands, to refuse others."""
     if degradation not in D.TRAIN_DEGRADATIONS:
         raise PairsError(f"unknown degradation {degradation!r}: use {', '.join(D.TRAIN_DEGRADATIONS)}")
     reader = READERS.get(row.get("kind"))
     if reader is None:
         raise PairsError(f"pair {row.get('id')}: unsupported kind {row.get('kind')!r} (readers: {', '.join(READERS)})")
-    lr, hr = reader(row, preset, degradation, noise_std, sigma=sigma, rng=rng, bands=bands, cache_dir=cache_dir)
+    lr, hr = reader(row, preset, degradation, noise_std, sigma=sigma, rng=rng, bands=bands, cache_dir=cache_dir,
+                    sigma_min=sigma_min)  # fmt: skip
     check_pair(lr, hr, row, bands)
     return lr, hr
 
@@ -340,9 +343,9 @@ class _PairBatch:
     """The ``map_batches`` function: a pyarrow batch of manifest rows → ``{"id", "lr", "hr"}`` numpy columns."""
 
     def __init__(self, preset: Preset, degradation: str, noise_std: float, sigma: float,
-                 bands: Sequence[str] | None, cache_dir: str | None, seed: int | None) -> None:  # fmt: skip
+                 bands: Sequence[str] | None, cache_dir: str | None, seed: int | None, sigma_min: float = 0.0) -> None:  # fmt: skip
         self.preset, self.degradation, self.noise_std, self.sigma = preset, degradation, noise_std, sigma
-        self.bands, self.cache_dir, self.seed = bands, cache_dir, seed
+        self.bands, self.cache_dir, self.seed, self.sigma_min = bands, cache_dir, seed, sigma_min
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
         ids, lrs, hrs = [], [], []
@@ -351,7 +354,7 @@ class _PairBatch:
             if self.noise_std or self.degradation == "mixed":
                 rng = np.random.default_rng(None if self.seed is None else [self.seed, zlib.crc32(row["id"].encode())])
             lr, hr = read_pair(row, self.preset, self.degradation, self.noise_std, sigma=self.sigma, rng=rng,
-                               bands=self.bands, cache_dir=self.cache_dir)  # fmt: skip
+                               bands=self.bands, cache_dir=self.cache_dir, sigma_min=self.sigma_min)  # fmt: skip
             ids.append(row["id"])
             lrs.append(lr)
             hrs.append(hr)
@@ -365,6 +368,7 @@ def pair_dataset(
     noise_std: float = 0.0,
     *,
     sigma: float = D.DEFAULT_SIGMA,
+    sigma_min: float = 0.0,
     bands: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     seed: int | None = None,
@@ -411,7 +415,7 @@ def pair_dataset(
         table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
     blocks = [table.slice(i, rows_per_block) for i in range(0, table.num_rows, max(1, rows_per_block))]
     fn = _PairBatch(preset, degradation, noise_std, sigma, tuple(bands) if bands else None,
-                    None if cache_dir is None else str(Path(cache_dir).resolve()), seed)  # fmt: skip
+                    None if cache_dir is None else str(Path(cache_dir).resolve()), seed, sigma_min)  # fmt: skip
     ds = ray.data.from_arrow(blocks)
     if shuffle:
         from ray.data import RandomSeedConfig

@@ -9,7 +9,8 @@ type (numpy → float32 numpy, torch → float tensor on the same device).
   LR sampling), then the block mean;
 - :func:`noise` — additive Gaussian noise on valid pixels;
 - ``mixed`` (training only, :data:`TRAIN_DEGRADATIONS`) — per patch, a blur σ drawn uniformly in
-  [0, 4/3 × ``sigma``] (σ < :data:`MIN_SIGMA`: plain block mean), so one model learns sharp and blurred inputs.
+  [``sigma_min``, 4/3 × ``sigma``] (σ < :data:`MIN_SIGMA`: plain block mean), so one model learns sharp and
+  blurred inputs.
   :func:`mixed_batch` does it for a whole torch batch on the training worker, with a fresh σ per sample at
   every step (what ``stacsr train`` uses for Wald pairs).
 
@@ -156,11 +157,11 @@ def noise(lr: Any, std: float, rng: Any = None) -> Any:
 
 
 def degrade(hr: Any, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0,
-            rng: Any = None) -> Any:  # fmt: skip
-    """LR from HR by ``kind`` (``"area"``, ``"mtf"`` or ``"mixed"``, whose σ is drawn with the numpy ``rng``),
-    then optional noise."""
+            rng: Any = None, sigma_min: float = 0.0) -> Any:  # fmt: skip
+    """LR from HR by ``kind`` (``"area"``, ``"mtf"`` or ``"mixed"``, whose σ is drawn in [``sigma_min``,
+    4/3 × ``sigma``] with the numpy ``rng``), then optional noise."""
     if kind == "mixed":
-        s = float((rng if rng is not None else np.random.default_rng()).uniform(0.0, sigma * 4 / 3))
+        s = float((rng if rng is not None else np.random.default_rng()).uniform(sigma_min, sigma * 4 / 3))
         kind, sigma = ("mtf", s) if s >= MIN_SIGMA else ("area", sigma)
     if kind == "area":
         lr = area(hr, scale)
@@ -171,11 +172,11 @@ def degrade(hr: Any, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGM
     return noise(lr, noise_std, rng) if noise_std else lr
 
 
-def mixed_sigmas(n: int, sigma: float = DEFAULT_SIGMA, generator: Any = None) -> list[float]:
-    """``n`` blur σ of the ``mixed`` degradation, uniform in [0, 4/3 × ``sigma``] (torch's generator)."""
+def mixed_sigmas(n: int, sigma: float = DEFAULT_SIGMA, generator: Any = None, sigma_min: float = 0.0) -> list[float]:
+    """``n`` blur σ of the ``mixed`` degradation, uniform in [``sigma_min``, 4/3 × ``sigma``] (torch's generator)."""
     import torch
 
-    return (torch.rand(n, generator=generator, dtype=torch.float64) * (sigma * 4 / 3)).tolist()
+    return (sigma_min + torch.rand(n, generator=generator, dtype=torch.float64) * (sigma * 4 / 3 - sigma_min)).tolist()
 
 
 def blur_each(hr: Any, sigmas: list[float]) -> Any:
@@ -208,10 +209,11 @@ def blur_each(hr: Any, sigmas: list[float]) -> Any:
     return out.masked_fill(valid == 0, 0.0).to(hr.float().dtype)
 
 
-def mixed_batch(hr: Any, scale: int, sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0, generator: Any = None) -> Any:
+def mixed_batch(hr: Any, scale: int, sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0, generator: Any = None,
+                sigma_min: float = 0.0) -> Any:  # fmt: skip
     """LR of a torch HR batch by the ``mixed`` degradation, a fresh σ per sample (:func:`mixed_sigmas`), then
     optional noise; nodata as in :func:`area`. Draws from ``generator`` (default torch's global one)."""
     _check(hr, scale)
-    lr = area(blur_each(hr, mixed_sigmas(hr.shape[0], sigma, generator)), scale)
+    lr = area(blur_each(hr, mixed_sigmas(hr.shape[0], sigma, generator, sigma_min)), scale)
     lr = lr.masked_fill(_invalid_blocks(hr, scale).expand_as(lr), 0.0)
     return noise(lr, noise_std, generator) if noise_std else lr

@@ -175,7 +175,8 @@ def worker_lr(lr: Tensor, hr: Tensor, config: TrainConfig, degrade_in_loop: bool
     degradation (a fresh σ per sample, from torch's global generator)."""
     if not degrade_in_loop:
         return lr
-    return DG.mixed_batch(hr, config.generator.scale, config.degradation.sigma, config.degradation.noise_std)
+    Dg = config.degradation
+    return DG.mixed_batch(hr, config.generator.scale, Dg.sigma, Dg.noise_std, sigma_min=Dg.sigma_min)
 
 
 def set_learning_rates(nets: "Nets", optimiser: Any, step: int, steps: int) -> None:

@@ -60,7 +60,7 @@ def _load_config(config: TrainConfig | str | os.PathLike | None) -> TrainConfig:
 
 def check_init_package(package: M.ModelPackage, config: TrainConfig, bands: list[str]) -> None:
     """Refuse a package whose generator or bands differ from the configuration's and the manifest's."""
-    theirs, ours = package.card.config.to_dict(), config.generator.to_dict()
+    theirs, ours = package.card.config.architecture(), config.generator.architecture()
     if theirs != ours:
         diff = ", ".join(f"{k}: package {theirs[k]} vs config {ours.get(k)}" for k in theirs if theirs[k] != ours.get(k))
         raise ValueError(f"--init-from package {package.card.name} has another architecture than the configured "
@@ -163,7 +163,8 @@ def train(
     preset = preset or PRESETS["planetary-computer"]
     in_loop = degrades_in_loop(cfg, table)
     kind, noise = ("area", 0.0) if in_loop else (cfg.degradation.kind, cfg.degradation.noise_std)
-    ds = pair_dataset(table, preset, kind, noise, sigma=cfg.degradation.sigma, bands=card.bands,
+    ds = pair_dataset(table, preset, kind, noise, sigma=cfg.degradation.sigma, sigma_min=cfg.degradation.sigma_min,
+                      bands=card.bands,
                       cache_dir=cfg.cache_dir, seed=cfg.seed, shuffle=True).select_columns(["lr", "hr"])  # fmt: skip
     import json
 

@@ -1,4 +1,4 @@
-"""Train several default-model recipes side by side on one GPU and score each on the validation sites.
+"""Train several default-model recipes side by side on one GPU (or the CPU) and score each on the validation sites.
 
 The GPU machine has PyTorch but not Ray or the geospatial stack, so this drives the same pieces as
 ``stacsr train`` by hand: :class:`~stacsr.model.generator.Generator`, :func:`stacsr.train.loop.train_step`
@@ -15,7 +15,11 @@ first steps and sets its step count (and so its cosine schedule) to fit the budg
 ``results.json`` (every variant's scores every ``--eval-every`` steps) and ``checkpoints.tar`` (one folder
 per variant with its card, EMA weights and state: what ``stacsr export`` reads) under ``--out``::
 
-    python jobs/default-model/gpu/sweep.py --data build/device/real-s2.npz --minutes 7 --out $OUT
+    python jobs/default-model/gpu/sweep.py --data build/device/real-s2.npz --sweep first --minutes 7 --out $OUT
+
+``SWEEPS`` names the variants that ran together for each table of ``jobs/default-model/README.md``. Without a
+GPU each variant runs on one CPU thread (about 10 steps/s on this project's 2-core machine): give
+``--minutes`` room enough for the step caps.
 """
 
 from __future__ import annotations
@@ -50,17 +54,71 @@ BASE_CONFIG = ROOT / "jobs" / "default-model" / "train.yaml"
 BANDS = ["B02", "B03", "B04", "B08"]
 SCALE, PATCH, STRIDE, BORDER, EVAL_SIGMA = 4, 48, 4, 2, 1.5
 
-# name → (config overrides, blur σ range of the mixed degradation, step cap)
-VARIANTS: dict[str, tuple[dict[str, Any], tuple[float, float], int]] = {
-    "base-12k": ({}, (0.0, 2.0), 12_000),
-    "base-long": ({}, (0.0, 2.0), 200_000),
-    "blur05-long": ({}, (0.5, 2.0), 200_000),
-    "blur10-long": ({}, (1.0, 2.0), 200_000),
-    "mtf-only": ({}, (1.5, 1.5), 200_000),
-    "blur05-b64": ({"batch_size": 64, "optimiser": {"lr_g": 1e-3}}, (0.5, 2.0), 200_000),
-    "wide-long": ({"generator": {"features": 48, "blocks": 12}}, (0.0, 2.0), 200_000),
-    "wide-blur05": ({"generator": {"features": 48, "blocks": 12}}, (0.5, 2.0), 200_000),
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A recipe: config overrides (``seed`` included), the mixed blur's σ range, a step cap, and its data: the
+    urban scenes it adds (indexes into the packed ``urban/`` scenes) on a lattice of ``urban_stride``, and
+    ``half_scale`` (each training scene also downsampled 2 × by block means, as a coarser-grained scene)."""
+
+    over: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sigma_range: tuple[float, float] = (0.0, 2.0)
+    cap: int = 200_000
+    urban: tuple[int, ...] = ()
+    urban_stride: int = STRIDE
+    half_scale: bool = False
+
+
+S1, S2 = {"seed": 1}, {"seed": 2}
+ZERO = {"generator": {"zero_init_residual": True}}
+VARIANTS: dict[str, Variant] = {
+    "base-12k": Variant(cap=12_000),  # jobs/default-model/train.yaml of version 1.1.0
+    "base-s1": Variant(S1, cap=12_000),
+    # first sweep: longer, blur ranges, batch, width (each runs to the time budget)
+    "base-long": Variant(),
+    "blur05-long": Variant(sigma_range=(0.5, 2.0)),
+    "blur10-long": Variant(sigma_range=(1.0, 2.0)),
+    "mtf-only": Variant(sigma_range=(1.5, 1.5)),
+    "blur05-b64": Variant({"batch_size": 64, "optimiser": {"lr_g": 1e-3}}, (0.5, 2.0)),
+    "wide-long": Variant({"generator": {"features": 48, "blocks": 12}}),
+    "wide-blur05": Variant({"generator": {"features": 48, "blocks": 12}}, (0.5, 2.0)),
+    # second sweep: more varied data
+    "urban1": Variant(cap=12_000, urban=(0,)),
+    "urban1-s1": Variant(S1, cap=12_000, urban=(0,)),
+    "urban2": Variant(cap=12_000, urban=(0, 1)),
+    "urban2-s1": Variant(S1, cap=12_000, urban=(0, 1)),
+    "urban1-st8": Variant(cap=12_000, urban=(0,), urban_stride=8),
+    "urban1-st8-s1": Variant(S1, cap=12_000, urban=(0,), urban_stride=8),
+    "half-scale": Variant(cap=12_000, half_scale=True),
+    "urban1-16k": Variant(cap=16_000, urban=(0,)),
+    # third sweep: the loss and the learning rate
+    "half-scale-s1": Variant(S1, cap=12_000, half_scale=True),
+    "l2": Variant({"losses": {"l1": 0.0, "l2": 1.0}}, cap=12_000),
+    "l2-s1": Variant({"losses": {"l1": 0.0, "l2": 1.0}, **S1}, cap=12_000),
+    "lr25": Variant({"optimiser": {"lr_g": 2.5e-4}}, cap=12_000),
+    "lr25-s1": Variant({"optimiser": {"lr_g": 2.5e-4}, **S1}, cap=12_000),
+    # fourth sweep: training starts from consistent bicubic (zero-initialised residual branches), short runs
+    "zero": Variant(ZERO, cap=12_000),
+    "zero-s1": Variant({**ZERO, **S1}, cap=12_000),
+    "zero-2k": Variant(ZERO, cap=2000),
+    "zero-2k-s1": Variant({**ZERO, **S1}, cap=2000),
+    "zero-3k": Variant(ZERO, cap=3000),
+    "zero-3k-s1": Variant({**ZERO, **S1}, cap=3000),
+    "zero-4k": Variant(ZERO, cap=4000),
+    "zero-4k-s1": Variant({**ZERO, **S1}, cap=4000),
+    "zero-3k-b05": Variant(ZERO, (0.5, 2.0), cap=3000),  # jobs/default-model/train.yaml of version 1.2.0
+    "zero-3k-b05-s1": Variant({**ZERO, **S1}, (0.5, 2.0), cap=3000),
+    "zero-3k-b05-s2": Variant({**ZERO, **S2}, (0.5, 2.0), cap=3000),
 }
+SWEEPS = {  # README's tables: which variants ran together, and where
+    "first": ["base-12k", "base-long", "blur05-long", "blur10-long", "mtf-only", "blur05-b64", "wide-long",
+              "wide-blur05"],  # H100, --minutes 7
+    "second": ["base-12k", "base-s1", "urban1", "urban1-s1", "urban2", "urban2-s1", "urban1-st8", "urban1-st8-s1",
+               "half-scale", "urban1-16k"],  # H100, --minutes 8
+    "third": ["base-12k", "base-s1", "half-scale", "half-scale-s1", "l2", "l2-s1", "lr25", "lr25-s1"],  # H100, 5.6
+    "fourth": ["zero-2k", "zero-2k-s1", "zero-3k", "zero-3k-s1", "zero-4k", "zero-4k-s1", "zero-3k-b05",
+               "zero-3k-b05-s1", "zero-3k-b05-s2"],  # 2-core CPU, two or three at a time, no time limit
+}  # fmt: skip
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -74,17 +132,34 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 class Windows:
-    """The ``PATCH``-pixel windows on the ``STRIDE`` lattice of the training scenes, drawn uniformly."""
+    """The ``PATCH``-pixel windows on each scene's lattice (``STRIDE`` unless given), drawn uniformly."""
 
-    def __init__(self, scenes: list[np.ndarray], device: torch.device) -> None:
+    def __init__(self, scenes: list[np.ndarray], device: torch.device, strides: list[int] | None = None) -> None:
         self.images = [torch.from_numpy(s.astype(np.float32)).to(device) for s in scenes]
-        self.index = [(i, r, c) for i, s in enumerate(scenes)
-                      for r in range(0, s.shape[1] - PATCH + 1, STRIDE)
-                      for c in range(0, s.shape[2] - PATCH + 1, STRIDE)]  # fmt: skip
+        strides = strides or [STRIDE] * len(scenes)
+        self.index = [(i, r, c) for i, (s, st) in enumerate(zip(scenes, strides))
+                      for r in range(0, s.shape[1] - PATCH + 1, st)
+                      for c in range(0, s.shape[2] - PATCH + 1, st)]  # fmt: skip
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         picks = torch.randint(len(self.index), (n,), generator=gen).tolist()
         return torch.stack([self.images[i][:, r : r + PATCH, c : c + PATCH] for i, r, c in (self.index[p] for p in picks)])
+
+
+def half_scale(scene: np.ndarray) -> np.ndarray:
+    """``scene`` downsampled 2 × by 2 × 2 block means (a block with nodata becomes nodata)."""
+    return D.area(scene[:, : scene.shape[1] // 2 * 2, : scene.shape[2] // 2 * 2], 2).round().astype(np.uint16)
+
+
+def training_windows(files: dict[str, np.ndarray], v: Variant, device: torch.device) -> Windows:
+    train = [files[k] for k in sorted(files) if k.startswith("train/")]
+    urban = [files[k] for k in sorted(files) if k.startswith("urban/")]
+    scenes, strides = list(train), [STRIDE] * len(train)
+    if v.half_scale:
+        halves = [h for h in map(half_scale, train) if min(h.shape[1:]) >= PATCH]
+        scenes, strides = scenes + halves, strides + [STRIDE] * len(halves)
+    scenes, strides = scenes + [urban[i] for i in v.urban], strides + [v.urban_stride] * len(v.urban)
+    return Windows(scenes, device, strides)
 
 
 def make_pairs(hr: torch.Tensor, sigma_range: tuple[float, float], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,13 +215,14 @@ def evaluate(g: Generator, scenes: list[np.ndarray], device: torch.device) -> di
 def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int) -> dict[str, Any]:
     t0 = time.monotonic()
     torch.set_num_threads(1)
-    over, sigma_range, cap = VARIANTS[name]
-    cfg: TrainConfig = from_dict(merge(load_config(BASE_CONFIG).to_dict(), over))
+    v = VARIANTS[name]
+    sigma_range, cap = v.sigma_range, v.cap
+    cfg: TrainConfig = from_dict(merge(load_config(BASE_CONFIG).to_dict(), v.over))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with np.load(data) as f:
-        train = [f[k] for k in sorted(f.files) if k.startswith("train/")]
-        val = [f[k] for k in sorted(f.files) if k.startswith("val/")]
-    windows = Windows(train, device)
+        files = {k: f[k] for k in f.files}
+    val = [files[k] for k in sorted(files) if k.startswith("val/")]
+    windows = training_windows(files, v, device)
 
     nets, O = build_nets(cfg, device), cfg.optimiser
     weights, levels, norm = cfg.losses.weights(), cfg.generator.n_upsample + 1, cfg.generator.norm_scale
@@ -185,7 +261,7 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
     for f in folder.iterdir():  # export needs the card, the EMA weights and the state (8 runs fit in 16 MB)
         if f.name not in (C.CARD, C.GENERATOR_EMA, C.STATE):
             f.unlink()
-    return {"name": name, "steps": steps, "sigma_range": list(sigma_range), "overrides": over, "curve": curve,
+    return {"name": name, "steps": steps, "variant": dataclasses.asdict(v), "windows": len(windows.index), "curve": curve,
             "final": curve[-1], "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
 
 
@@ -195,9 +271,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--minutes", type=float, default=6.0)
     p.add_argument("--eval-every", type=int, default=4000)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", help="comma-separated names of VARIANTS (default: those of --sweep)")
+    p.add_argument("--sweep", choices=list(SWEEPS), default="fourth")
     a = p.parse_args()
-    names = a.variants.split(",")
+    names = a.variants.split(",") if a.variants else SWEEPS[a.sweep]
     Path(a.out).mkdir(parents=True, exist_ok=True)
     import torch.multiprocessing as mp
 
