@@ -163,7 +163,8 @@ def training_windows(files: dict[str, np.ndarray], v: Variant, device: torch.dev
 
 
 def make_pairs(hr: torch.Tensor, sigma_range: tuple[float, float], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`stacsr.train.degrade.mixed_batch` with σ uniform in ``sigma_range`` instead of [0, 4/3 × 1.5]."""
+    """:func:`stacsr.train.degrade.mixed_batch` with σ uniform in ``sigma_range`` (``degradation.sigma_min`` to
+    4/3 × ``sigma`` in ``stacsr train``). Its own draw, older than ``sigma_min``: the sweeps' figures reproduce."""
     lo, hi = sigma_range
     sigmas = (lo + (hi - lo) * torch.rand(hr.shape[0], generator=gen)).tolist()
     return D.area(D.blur_each(hr, sigmas), SCALE), hr
