@@ -69,6 +69,19 @@ def test_sweep_variants_build_the_documented_data():
     np.testing.assert_allclose(half.images[2].numpy(), files["train/000/a"].reshape(4, 48, 2, 48, 2).mean((2, 4)), atol=0.5)
 
 
+def test_check_sr_scores_the_cli_as_stacsr_evaluate_scores_the_model(images, tmp_path):  # noqa: F811
+    """``check_sr.py`` runs ``stacsr sr`` itself: its figures are ``stacsr evaluate``'s, so the CLI's output
+    is the evaluated one."""
+    module = script("check_sr.py", "check_sr")
+    got = module.check([str(images / "a.tif")], tmp_path)
+    want = evaluate_images(images / "a.tif", load("default"), border=module.BORDER).averages()
+    for kind in ("area", "mtf"):
+        assert got[kind].shape == (1, 3)
+        np.testing.assert_allclose(got[kind][0, 0], want[kind]["model"].psnr - want[kind]["bicubic"].psnr, atol=1e-6)
+        np.testing.assert_allclose(got[kind][0, 1:], [want[kind]["model"].sam, want[kind]["bicubic"].sam], atol=1e-6)
+    assert got["mtf"][0, 0] > 0.1  # and the default model beats bicubic there
+
+
 def test_rgbn_from_rgb_synthesises_b08_as_the_visible_mean(tmp_path):
     module = script("rgbn_from_rgb.py", "rgbn_from_rgb")
     rgb = np.stack([np.full((8, 6), v, np.float32) for v in (300.0, 600.0, 1200.0)])
