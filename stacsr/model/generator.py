@@ -56,7 +56,7 @@ class GeneratorConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def architecture(self) -> dict:
+    def network(self) -> dict:
         """:meth:`to_dict` less the options that only set how training starts (same network, same weights)."""
         return {k: v for k, v in self.to_dict().items() if k != "zero_init_residual"}
 

@@ -60,7 +60,7 @@ def _load_config(config: TrainConfig | str | os.PathLike | None) -> TrainConfig:
 
 def check_init_package(package: M.ModelPackage, config: TrainConfig, bands: list[str]) -> None:
     """Refuse a package whose generator or bands differ from the configuration's and the manifest's."""
-    theirs, ours = package.card.config.architecture(), config.generator.architecture()
+    theirs, ours = package.card.config.network(), config.generator.network()
     if theirs != ours:
         diff = ", ".join(f"{k}: package {theirs[k]} vs config {ours.get(k)}" for k in theirs if theirs[k] != ours.get(k))
         raise ValueError(f"--init-from package {package.card.name} has another architecture than the configured "
