@@ -47,7 +47,7 @@ def check(images: list[str], work: Path) -> dict[str, np.ndarray]:
             hr = read_raster(scene.href).data
             hr = hr[:, : hr.shape[1] // SCALE * SCALE, : hr.shape[2] // SCALE * SCALE]
             for kind in D.DEGRADATIONS:
-                lr = np.rint(D.degrade(hr, SCALE, kind)).clip(0, 65535).astype(np.uint16)
+                lr = D.wald_lr(hr, SCALE, kind)
                 src = write_lr(image, lr, work / f"{scene.name}_{kind}.tif")
                 out = work / f"{scene.name}_{kind}_sr.tif"
                 subprocess.run([sys.executable, "-m", "stacsr.cli", "sr", str(src), str(out), "--no-ray"], check=True,

@@ -283,7 +283,7 @@ def evaluate_images(
             if not hr.any():
                 raise InputError(f"{scene.name} is all nodata (0)")
             for kind in degradations:
-                lr = np.rint(D.degrade(hr, scale, kind, sigma=sigma)).clip(0, 65535).astype(np.uint16)
+                lr = D.wald_lr(hr, scale, kind, sigma)
                 evaluation.results.append(compare(lr, hr, package, engine, border, scene.name, kind, folder, tile_size))
     finally:
         if own:

@@ -172,6 +172,12 @@ def degrade(hr: Any, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGM
     return noise(lr, noise_std, rng) if noise_std else lr
 
 
+def wald_lr(hr: np.ndarray, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+    """The LR image of Wald's protocol as a sensor would record it: :func:`degrade` (``"area"`` or ``"mtf"``),
+    rounded to uint16 (what ``stacsr evaluate`` super-resolves and scores)."""
+    return np.rint(degrade(hr, scale, kind, sigma=sigma)).clip(0, 65535).astype(np.uint16)
+
+
 def mixed_sigmas(n: int, sigma: float = DEFAULT_SIGMA, generator: Any = None, sigma_min: float = 0.0) -> list[float]:
     """``n`` blur σ of the ``mixed`` degradation, uniform in [``sigma_min``, 4/3 × ``sigma``] (torch's generator)."""
     import torch

@@ -185,7 +185,7 @@ def evaluate(g: Generator, scenes: list[np.ndarray], device: torch.device) -> di
             rows = []
             for hr in scenes:
                 hr = hr[:, : hr.shape[1] - hr.shape[1] % SCALE, : hr.shape[2] - hr.shape[2] % SCALE]
-                lr = np.rint(D.degrade(hr, SCALE, kind, sigma=EVAL_SIGMA)).clip(0, 65535).astype(np.uint16)
+                lr = D.wald_lr(hr, SCALE, kind, EVAL_SIGMA)
                 padded = np.pad(lr, ((0, 0), (halo, halo), (halo, halo)), mode="reflect").astype(np.float32)
                 y = g(torch.from_numpy(padded)[None].to(device))[0].round().clamp(1, 65535)
                 m = halo * SCALE
