@@ -59,7 +59,12 @@ class RichProgress:
 def progress_bar() -> Iterator[RichProgress]:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
-        yield RichProgress(bar)
+        try:
+            yield RichProgress(bar)
+        except BaseException:  # a failure is one line: the bar is not left above it
+            for task in list(bar.task_ids):
+                bar.remove_task(task)
+            raise
 
 
 def fail(message: str) -> None:

@@ -171,7 +171,7 @@ def run(out: str | Path, package, engine, tile_size: int, progress=None):
     Returns the pipeline's report; also writes ``out/side_by_side.png`` for the least cloudy item.
     """
     from stacsr import pipeline
-    from stacsr.catalog.items import output_collection_id, output_id
+    from stacsr.catalog.items import output_names
     from stacsr.catalog.publish import item_folder
     from stacsr.catalog.search import order
 
@@ -180,8 +180,8 @@ def run(out: str | Path, package, engine, tile_size: int, progress=None):
     preset = demo_preset()
     report = pipeline.enhance(items, preset, BBOX, out, package, engine, tile_size=tile_size, progress=progress)
     first = pipeline.plan_jobs(items[:1], preset, package.card.bands, BBOX)[0]
-    item_id = output_id(first.item["id"])
-    folder = item_folder(out, output_collection_id(first.item["collection"]), item_id)
+    collection_id, item_id = output_names(first.item)
+    folder = item_folder(out, collection_id, item_id)
     sr = np.stack([_read_band(folder / f"{item_id}_{b}.tif") for b in package.card.bands])  # the COGs as written
     side_by_side(out / "side_by_side.png", pipeline.read_job(first, preset), sr, package.card.scale)
     return report

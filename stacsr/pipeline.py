@@ -1,11 +1,13 @@
-"""The enhance pipeline: the functions the CLI, the demo and Ray jobs all call.
+"""The item path: the functions the CLI, the demo, the batch runner and Ray jobs all call.
 
-    catalog.search → io.read (AOI window on the item's 10 m grid) → tiles + engine (model per tile)
-    → io.write (COG per band on the grid zoomed by the scale) → catalog.items → catalog.publish
+    catalog.search → plan (the item's grid and the AOI window on it, io.grid) → tiles over the window
+    → engine: workers read their halo'd windows from storage (io.source), run the model, and hand the
+      cores to a tile sink (io.sink: a tiled GeoTIFF on disk, then COGs) → catalog.items → catalog.publish
 
-:func:`enhance` works on item dicts that a search (or the demo) produced; :func:`sr_file` on one GeoTIFF.
-Everything that can be checked before pixels are read (bands, overlap, output folder) is checked first,
-so bad input fails fast and leaves nothing behind.
+:func:`process_item` is that path for one source item and serves ``enhance`` and ``batch``; :func:`sr_file`
+runs the same tiles and sink on one GeoTIFF. No process holds an array the size of the area: memory is
+set by the tiles in flight. Everything that can be checked before pixels are read (bands, overlap, output
+folder, free disk) is checked first, so bad input fails fast and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import numpy as np
 
 from stacsr import tiles
 from stacsr.catalog import publish, radiometry
-from stacsr.catalog.items import build_item, output_collection_id, output_id
+from stacsr.catalog.items import build_item, output_names
 from stacsr.catalog.presets import Preset
 from stacsr.engine import Engine, LocalEngine, RayEngine
 from stacsr.io import grid as G
 from stacsr.io import store
-from stacsr.io.read import read_item_window, read_raster
-from stacsr.io.write import write_cog
+from stacsr.io.grid import Window
+from stacsr.io.sink import CogTarget, SinkSpec
+from stacsr.io.source import ArraySource, Band, RasterSource, Source, file_source
 from stacsr.model.package import ModelPackage
 
 if TYPE_CHECKING:
@@ -50,11 +53,17 @@ class Progress:
 
 @dataclass
 class Job:
-    """One source item to super-resolve: the item, its asset keys and the AOI window's grid."""
+    """One source item to super-resolve: the item, its asset keys, its native grid and the AOI's window on it."""
 
     item: dict[str, Any]
     assets: list[str]
-    grid: G.GeoBox
+    item_grid: G.GeoBox
+    window: Window
+
+    @property
+    def grid(self) -> G.GeoBox:
+        """The AOI window's grid (10 m)."""
+        return G.crop(self.item_grid, self.window)
 
 
 @dataclass
@@ -90,21 +99,18 @@ def super_resolve(
     image: np.ndarray, package: ModelPackage, engine: Engine, tile_size: int = DEFAULT_TILE_SIZE,
     progress: Progress | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """Seam-free tiled super-resolution of a uint16 ``(bands, rows, cols)`` image; nodata (0) propagated."""
+    """Seam-free tiled super-resolution of an in-memory uint16 ``(bands, rows, cols)`` image (small images:
+    evaluation, tests); nodata (0) propagated. Whole items go through :func:`run_item` instead."""
     check_band_count(image.shape[0], package)
-    halo, scale = package.receptive_radius, package.card.scale
     cores = tiles.plan(image.shape[1:], tile_size)
     progress = progress or Progress()
 
     def counted():
-        for result in engine.map(tiles.pad(image, halo), cores, halo):
+        for result in engine.map(ArraySource(image), cores, package.receptive_radius):
             progress.advance()
             yield result
 
-    out = tiles.stitch(counted(), image.shape[1:], image.shape[0], scale)
-    nodata = np.repeat(np.repeat((image == 0).any(axis=0), scale, axis=0), scale, axis=1)
-    out[:, nodata] = 0
-    return out
+    return tiles.stitch(counted(), image.shape[1:], image.shape[0], package.card.scale)
 
 
 def check_band_count(bands: int, package: ModelPackage) -> None:
@@ -132,7 +138,7 @@ def plan_jobs(items: Sequence[dict[str, Any]], preset: Preset, bands: Sequence[s
     if not items:
         raise InputError("no items found for this search (area, dates, cloud cover)")
     keys = preset.asset_keys(list(bands))
-    return [Job(item, keys, G.crop(*item_window(item, keys, bbox))) for item in items]
+    return [Job(item, keys, *item_window(item, keys, bbox)) for item in items]
 
 
 def item_window(item: dict[str, Any], keys: Sequence[str], bbox) -> tuple[G.GeoBox, G.Window]:
@@ -147,10 +153,67 @@ def item_window(item: dict[str, Any], keys: Sequence[str], bbox) -> tuple[G.GeoB
         raise InputError(f"item {item.get('id')}: {e}") from None
 
 
+def item_source(job: Job, preset: Preset) -> RasterSource:
+    """The job's item as a source: its model-band assets, made reflectance × 10000, signed at read time."""
+    item = {**job.item, "assets": {k: job.item["assets"][k] for k in job.assets}}
+    layers = tuple(Band(item["assets"][k]["href"], 1, radiometry.of_asset(item, k), key=k) for k in job.assets)
+    return RasterSource(layers, job.item_grid, str(item.get("id")), item=item, sign=preset.sign)
+
+
 def read_job(job: Job, preset: Preset) -> np.ndarray:
-    """Reflectance × 10000 (uint16, 0 = nodata) of a job's window, one layer per model band."""
-    dn = read_item_window(preset.sign(job.item), job.assets, job.grid)
-    return np.stack([radiometry.of_asset(job.item, k).to_uint16(dn[i]) for i, k in enumerate(job.assets)])
+    """Reflectance × 10000 (uint16, 0 = nodata) of a job's AOI window, in memory (small areas: the demo)."""
+    return item_source(job, preset).read([job.window])[0]
+
+
+def run_item(
+    source: Source, window: Window, targets: Sequence[CogTarget], package: ModelPackage, engine: Engine,
+    tile_size: int = DEFAULT_TILE_SIZE, compress: str = "deflate", progress: Progress | None = None,
+    label: str = "",
+) -> dict[str, str] | None:  # fmt: skip
+    """Super-resolve ``window`` of ``source`` into the COGs ``targets``, tile by tile through the engine's sink;
+    returns ``{url: href}``, or None when the window holds no valid pixel (nothing is written then)."""
+    check_band_count(source.bands, package)
+    scale = package.card.scale
+    cores = [c.shift(window.row, window.col) for c in tiles.plan(window.shape, tile_size)]
+    grid = G.zoom_in(G.crop(source.grid, window), scale)
+    sink = SinkSpec(grid, (window.row, window.col), scale, tuple(targets), compress)
+    (progress or Progress()).item(label, len(cores))
+    return engine.run(source, cores, package.receptive_radius, sink, progress)
+
+
+def band_targets(root: str | Path, collection_id: str, item_id: str, bands: Sequence[str]) -> list[CogTarget]:
+    """One COG per band at ``<root>/<collection>/<item>/<item>_<band>.tif`` (a local path made absolute, or
+    an object-storage URL)."""
+    folder = store.join(str(root), collection_id, item_id) if store.is_remote(str(root)) \
+        else str(publish.item_folder(Path(root).absolute(), collection_id, item_id))  # fmt: skip
+    return [CogTarget(store.join(folder, f"{item_id}_{band}.tif"), (i,), (band,)) for i, band in enumerate(bands)]
+
+
+@dataclass
+class ItemResult:
+    """What :func:`process_item` made: the (unpublished) STAC item, or None when the AOI is all nodata."""
+
+    item: "pystac.Item | None"
+    tiles: int
+    output_pixels: int
+    km2: float
+
+
+def process_item(
+    job: Job, preset: Preset, root: str | Path, collection_id: str, item_id: str, package: ModelPackage,
+    engine: Engine, tile_size: int = DEFAULT_TILE_SIZE, compress: str = "deflate", progress: Progress | None = None,
+) -> ItemResult:  # fmt: skip
+    """Super-resolve one item's AOI into one COG per band under ``root`` and build its STAC item."""
+    targets = band_targets(root, collection_id, item_id, package.card.bands)
+    hrefs = run_item(item_source(job, preset), job.window, targets, package, engine, tile_size, compress, progress,
+                     job.item["id"])  # fmt: skip
+    grid = G.zoom_in(job.grid, package.card.scale)
+    result = ItemResult(None, len(tiles.plan(job.window.shape, tile_size)), int(np.prod(grid.shape.yx)),
+                        G.area_km2(job.grid))  # fmt: skip
+    if hrefs is not None:
+        files = {t.descriptions[0]: hrefs[t.url] for t in targets}
+        result.item = build_item(job.item, grid, files, package, item_id, source_href=self_href(job.item))
+    return result
 
 
 def enhance(
@@ -174,56 +237,23 @@ def enhance(
     jobs = plan_jobs(items, preset, package.card.bands, bbox)
     created = not Path(out).exists()
     out = check_writable(out)
-    progress = progress or Progress()
     report, start = Report(), time.perf_counter()
     for job in jobs:
-        image = read_job(job, preset)
-        if not image.any():
+        collection_id, item_id = output_names(job.item)
+        done = process_item(job, preset, out, collection_id, item_id, package, engine, tile_size, compress, progress)
+        if done.item is None:
             report.skipped.append(job.item["id"])
             continue
-        progress.item(job.item["id"], len(tiles.plan(image.shape[1:], tile_size)))
-        sr = super_resolve(image, package, engine, tile_size, progress)
-        item = write_output(job, sr, out, package, compress)
-        report.catalog = publish.publish_static(out, [item], job.item.get("collection"), package)
-        report.items.append(item.id)
-        report.km2 += G.area_km2(job.grid)
-        report.output_pixels += int(np.prod(sr.shape[1:]))
+        report.catalog = publish.publish_static(out, [done.item], collection_id, package, job.item.get("collection"))
+        report.items.append(done.item.id)
+        report.km2 += done.km2
+        report.output_pixels += done.output_pixels
     report.seconds = time.perf_counter() - start
     if not report.items:
         if created:
             out.rmdir()
         raise InputError(f"the area of interest is all nodata in every item ({', '.join(report.skipped)})")
     return report
-
-
-def write_output(job: Job, sr: np.ndarray, out: Path, package: ModelPackage, compress: str) -> "pystac.Item":
-    """Write one COG per band of ``sr`` in the item's folder and return its (unpublished) STAC item."""
-    grid = G.zoom_in(job.grid, package.card.scale)
-    item_id = output_id(job.item["id"])
-    files = write_bands(sr, grid, out, output_collection_id(job.item.get("collection")), item_id,
-                        package.card.bands, compress)  # fmt: skip
-    return build_item(job.item, grid, files, package, source_href=self_href(job.item))
-
-
-def write_bands(sr: np.ndarray, grid: G.GeoBox, root: str | Path, collection_id: str, item_id: str,
-                bands: Sequence[str], compress: str) -> dict[str, str]:  # fmt: skip
-    """One COG per band at ``<root>/<collection>/<item>/<item>_<band>.tif``; returns band → href.
-
-    A local ``root`` is written in place (each COG atomically, :func:`stacsr.io.write.write_cog`); an object
-    storage one (``s3://``…) through a local temporary file put under a temporary key and moved
-    (:func:`stacsr.io.store.put`). Either way no partial COG ever sits under its final name.
-    """
-    if not store.is_remote(str(root)):
-        folder = publish.item_folder(root, collection_id, item_id)
-        return {band: str(write_cog(folder / f"{item_id}_{band}.tif", layer, grid, [band], compress=compress).resolve())
-                for band, layer in zip(bands, sr)}  # fmt: skip
-    hrefs = {}
-    with tempfile.TemporaryDirectory(prefix="stacsr-cog-") as tmp:
-        for band, layer in zip(bands, sr):
-            name = f"{item_id}_{band}.tif"
-            local = write_cog(Path(tmp) / name, layer, grid, [band], compress=compress)
-            hrefs[band] = store.put(local, store.join(str(root), collection_id, item_id, name))
-    return hrefs
 
 
 def self_href(item: dict[str, Any]) -> str | None:
@@ -239,17 +269,14 @@ def sr_file(
     start = time.perf_counter()
     dst = Path(dst)
     check_writable(dst.parent if str(dst.parent) else ".")
-    raster = read_raster(src)
-    if raster.data.dtype != np.uint16:
-        raise InputError(f"{src} is {raster.data.dtype}; stacsr expects uint16 reflectance x 10000")
-    if not raster.data.any():
+    source, descriptions = file_source(src)
+    check_band_count(source.bands, package)  # before the progress bar starts
+    names = tuple(d or b for d, b in zip(descriptions, package.card.bands))
+    target = CogTarget(str(dst.absolute()), tuple(range(source.bands)), names)
+    window = Window(0, 0, *source.shape)
+    if run_item(source, window, [target], package, engine, tile_size, compress, progress, os.path.basename(src)) is None:
         raise InputError(f"{src} is all nodata (0)")
-    check_band_count(raster.data.shape[0], package)  # before the progress bar starts
-    (progress or Progress()).item(os.path.basename(src), len(tiles.plan(raster.data.shape[1:], tile_size)))
-    sr = super_resolve(raster.data, package, engine, tile_size, progress)
-    names = [d or b for d, b in zip(raster.descriptions, package.card.bands)]
-    write_cog(dst, sr, G.zoom_in(raster.grid, package.card.scale), names, compress=compress)
     return Report(
-        items=[str(dst)], km2=G.area_km2(raster.grid), output_pixels=int(np.prod(sr.shape[1:])),
+        items=[str(dst)], km2=G.area_km2(source.grid), output_pixels=int(np.prod(source.shape)) * package.card.scale**2,
         seconds=time.perf_counter() - start,
     )  # fmt: skip

@@ -1,12 +1,14 @@
-"""Seam-free tiling: cut an image into tiles with a halo, run a function per tile, stitch the cores.
+"""Seam-free tiling: cut an area into tiles with a halo, run a function per tile, keep the cores.
 
-The image is reflect-padded by ``halo`` once (:func:`pad`); every tile is then a window of the padded
-image that holds its core plus ``halo`` pixels of real (or mirrored) context on each side. With a halo
-at least the network's receptive radius, each output pixel sees exactly the input it would see in a
-whole-image pass over the padded image, so tiled output equals whole-image output: no seams, no blending.
+Every tile is read from its source as its core plus ``halo`` pixels of context on each side: real
+neighbouring pixels of the source, mirrored only past the source's edge (:mod:`stacsr.io.source`). With a
+halo at least the network's receptive radius, each output pixel sees exactly the input it would see in a
+whole-source pass, so tiled output equals whole-image output: no seams, no blending, and no dependence on
+the area of interest or the tile size.
 
-Tiles all have the same shape (the last row/column of tiles is shifted back inside the image and
-overlaps its neighbour), which keeps batches uniform. Pure numpy: no I/O, no torch, no Ray.
+Tiles all have the same shape (the last row/column of tiles is shifted back inside the area and
+overlaps its neighbour), which keeps batches uniform. A tile whose core holds no valid pixel (0 in any band
+is nodata) is not run: its output is all nodata. No I/O of its own, no torch, no Ray.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from stacsr.io.grid import Window
+from stacsr.io.source import Source
 
 BatchFn = Callable[[np.ndarray], np.ndarray]  # (N, bands, h, w) -> (N, bands, h·s, w·s)
 
@@ -54,13 +57,31 @@ def run_batch(fn: BatchFn, padded: np.ndarray, cores: Sequence[Window], halo: in
     return [o[:, m : o.shape[1] - m, m : o.shape[2] - m] for o in out]
 
 
+def run_tiles(fn: BatchFn, source: Source, cores: Sequence[Window], halo: int, scale: int
+              ) -> list[tuple[Window, np.ndarray | None]]:  # fmt: skip
+    """Read the halo'd tiles of ``cores`` (same shape) from ``source`` and return each core's output, nodata
+    (0 in any input band) propagated to its ``scale`` × ``scale`` block; ``None`` for a tile with no valid pixel."""
+    inputs = source.read([c.pad(halo) for c in cores])
+    valid = [(x[:, halo : x.shape[1] - halo, halo : x.shape[2] - halo] != 0).all(axis=0) for x in inputs]
+    run = [i for i, v in enumerate(valid) if v.any()]
+    outputs: list[np.ndarray | None] = [None] * len(cores)
+    if run:
+        m = halo * scale
+        for i, o in zip(run, fn(np.stack([inputs[i] for i in run]))):
+            core = o[:, m : o.shape[1] - m, m : o.shape[2] - m]
+            core[:, ~np.repeat(np.repeat(valid[i], scale, axis=0), scale, axis=1)] = 0
+            outputs[i] = core
+    return list(zip(cores, outputs))
+
+
 def stitch(
     results: Iterable[tuple[Window, np.ndarray]], shape: tuple[int, int], bands: int, scale: int, dtype=np.uint16
 ) -> np.ndarray:
     """Place core outputs into the ``scale``-times finer output image."""
     out = np.zeros((bands, shape[0] * scale, shape[1] * scale), dtype=dtype)
     for core, tile in results:
-        out[(slice(None), *core.scale(scale).slices)] = tile
+        if tile is not None:
+            out[(slice(None), *core.scale(scale).slices)] = tile
     return out
 
 

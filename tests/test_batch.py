@@ -218,20 +218,21 @@ def preset_search(spec: J.JobSpec) -> list[dict]:
 
 
 class KillingEngine:
-    """The Ray engine, with its first model actor killed (and restarted by Ray) after a few tiles."""
+    """The Ray engine, with its first model actor killed (and restarted by Ray) after a few tile batches."""
 
     def __init__(self, engine: RayEngine, after: int = 3) -> None:
         self.engine, self.after, self.seen, self.killed = engine, after, 0, False
 
-    def map(self, padded, cores, halo):
+    def advance(self, n: int = 1) -> None:
         import ray
 
-        for result in self.engine.map(padded, cores, halo):
-            self.seen += 1
-            if not self.killed and self.seen >= self.after:
-                ray.kill(self.engine._actors[0], no_restart=False)
-                self.killed = True
-            yield result
+        self.seen += n
+        if not self.killed and self.seen >= self.after:
+            ray.kill(self.engine._actors[0], no_restart=False)
+            self.killed = True
+
+    def run(self, source, cores, halo, sink, progress=None):
+        return self.engine.run(source, cores, halo, sink, self)
 
 
 def test_actor_killed_mid_batch_costs_nothing(job, s3, pgstac, ray_local):  # noqa: F811
@@ -257,17 +258,18 @@ def test_actor_killed_mid_batch_costs_nothing(job, s3, pgstac, ray_local):  # no
             assert np.array_equal(read_s3(s3, hrefs[item_id][band]["href"]), read_s3(s3, assets[band]["href"]))
 
 
-class RaisingEngine:
+class RaisingEngine(LocalEngine):
     """The local engine, whose model raises on the third tile of the first image it gets (a model bug on odd
     input); the other images go through."""
 
     def __init__(self, package) -> None:
-        self.engine, self.calls, self.raised = LocalEngine(package), 0, 0
+        super().__init__(package)
+        self.calls, self.raised = 0, 0
 
-    def map(self, padded, cores, halo):
+    def map(self, source, cores, halo):
         self.calls += 1
         call = self.calls
-        for i, result in enumerate(self.engine.map(padded, cores, halo)):
+        for i, result in enumerate(super().map(source, cores, halo)):
             if call == 1 and i == 2:
                 self.raised += 1
                 raise RuntimeError("model failed on tile 2: NaN in activations")

@@ -7,6 +7,7 @@ import torch
 
 from stacsr import tiles
 from stacsr.engine import LocalEngine, RayEngine
+from stacsr.io.source import ArraySource
 from stacsr.model.generator import Generator, GeneratorConfig
 from stacsr.model.package import ModelCard, ModelPackage
 
@@ -26,7 +27,7 @@ def small_package() -> ModelPackage:
 def run(engine, image: np.ndarray, halo: int, kill_after: int | None = None) -> np.ndarray:
     cores = tiles.plan(image.shape[1:], 16)
     results = []
-    for i, result in enumerate(engine.map(tiles.pad(image, halo), cores, halo)):
+    for i, result in enumerate(engine.map(ArraySource(image), cores, halo)):
         results.append(result)
         if kill_after is not None and i == kill_after:
             import ray

@@ -104,7 +104,7 @@ def published(tmp_path_factory, sources, package):
     """One item published into a fresh catalogue: (root, item, arrays, catalog.json path)."""
     root = tmp_path_factory.mktemp("out")
     item, arrays = make_output(root, sources[0], GRID1, package, seed=1)
-    catalog_file = publish_static(root, [item], "sentinel-2-l2a", package)
+    catalog_file = publish_static(root, [item], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
     return root, item, arrays, catalog_file
 
 
@@ -305,9 +305,9 @@ def test_the_catalogue_reads_back_with_pystac(published):
 
 def test_publishing_the_same_item_twice_keeps_one(tmp_path, sources, package):
     item, _ = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [item], "sentinel-2-l2a", package)
+    publish_static(tmp_path, [item], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
     again, _ = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [again], "sentinel-2-l2a", package)
+    publish_static(tmp_path, [again], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
     collection = read_json(tmp_path / COLLECTION / "collection.json")
     assert [link["rel"] for link in collection["links"]].count("item") == 1
     assert len(list(tmp_path.rglob("*_sr.json"))) == 1
@@ -316,12 +316,12 @@ def test_publishing_the_same_item_twice_keeps_one(tmp_path, sources, package):
 
 def test_publishing_another_item_adds_it_and_extends_the_extent(tmp_path, sources, package):
     first, _ = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [first], "sentinel-2-l2a", package)
+    publish_static(tmp_path, [first], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
     first_json = item_path(tmp_path, first.id).read_text()
     before = read_json(tmp_path / COLLECTION / "collection.json")["extent"]
 
     second, _ = make_output(tmp_path, sources[1], GRID2, package, seed=2)
-    publish_static(tmp_path, [second], "sentinel-2-l2a", package)
+    publish_static(tmp_path, [second], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
     collection = read_json(tmp_path / COLLECTION / "collection.json")
     item_links = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
     assert item_links == sorted(f"./{i}/{i}.json" for i in (first.id, second.id))
@@ -389,9 +389,9 @@ def test_stackstac_reads_a_catalogue_of_two_items(tmp_path, sources, package):
     import stackstac
 
     first, a1 = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [first], "sentinel-2-l2a", package)
+    publish_static(tmp_path, [first], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
     second, a2 = make_output(tmp_path, sources[1], GRID2, package, seed=2)
-    publish_static(tmp_path, [second], "sentinel-2-l2a", package)
+    publish_static(tmp_path, [second], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
     raws = _raw_items(tmp_path, first.id, second.id)
     stack = stackstac.stack(raws, assets=["B02"], dtype="uint16", fill_value=np.uint16(0), rescale=False)
     transform = stack.attrs["transform"]

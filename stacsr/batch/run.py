@@ -20,21 +20,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-import numpy as np
 import pystac
 
-from stacsr import tiles
 from stacsr.batch.spec import Area, JobSpec, area_bbox
 from stacsr.catalog import publish as P
 from stacsr.catalog import search as S
-from stacsr.catalog.items import build_collection, build_item, output_collection_id, output_id
+from stacsr.catalog.items import build_collection, output_names
 from stacsr.catalog.presets import Preset
 from stacsr.engine import Engine, LocalEngine
-from stacsr.io import grid as G
 from stacsr.io import store
 from stacsr.io.read import first_line
 from stacsr.model.package import ModelPackage
-from stacsr.pipeline import Job, item_window, read_job, self_href, super_resolve, write_bands
+from stacsr.pipeline import Job, item_window, process_item
 
 RUNS_FOLDER = "_runs"
 Log = Callable[[str], None]
@@ -48,9 +45,9 @@ class Task:
     area: Area
     bbox: tuple[float, float, float, float] | None
 
-    @property
-    def output_id(self) -> str:
-        return batch_item_id(self.item["id"], self.area.name)
+    def output_names(self, collection: str | None) -> tuple[str, str]:
+        """``(collection id, item id)`` of this output (:func:`stacsr.catalog.items.output_names`)."""
+        return output_names(self.item, self.area.name, collection)
 
 
 @dataclass
@@ -96,10 +93,6 @@ class RunReport:
         }  # fmt: skip
 
 
-def batch_item_id(source_id: str, area: str) -> str:
-    return f"{output_id(source_id)}_{area}"
-
-
 # ------------------------------------------------------------------ where items are published
 
 
@@ -110,9 +103,6 @@ class Target:
         self.spec, self.package, self.lock = spec, package, threading.Lock()
         self.api: P.ApiPublisher | None = None
         self._collection_ready = False
-
-    def collection_id(self, source_collection: str | None) -> str:
-        return self.spec.publish.collection or output_collection_id(source_collection)
 
     def _api(self, collection_id: str) -> P.ApiPublisher:
         if self.api is None or self.api.collection_id != collection_id:
@@ -129,16 +119,16 @@ class Target:
         found = self.existing(item_id, collection_id)
         return bool(found) and found.get("properties", {}).get("stacsr:model", {}).get("sha256") == self.package.sha256
 
-    def publish(self, item: pystac.Item, source_collection: str | None) -> None:
+    def publish(self, item: pystac.Item, collection_id: str, source_collection: str | None) -> None:
         with self.lock:
             if self.spec.publish.api:
-                api = self._api(self.collection_id(source_collection))
+                api = self._api(collection_id)
                 if not self._collection_ready:
-                    api.ensure_collection(build_collection([item], source_collection, self.package))
+                    api.ensure_collection(build_collection([item], collection_id, self.package, source_collection))
                     self._collection_ready = True
                 api.upsert(item)
             else:
-                P.publish_static(self.spec.publish.catalog, [item], source_collection, self.package)  # type: ignore[arg-type]
+                P.publish_static(self.spec.publish.catalog, [item], collection_id, self.package, source_collection)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ the run
@@ -159,27 +149,20 @@ def plan(spec: JobSpec, preset: Preset, window: str | None) -> list[Task]:
 def process(task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, target: Target) -> Outcome:
     """Make and publish one output (or say why not); never raises for a problem of this item alone."""
     start = time.perf_counter()
-    item_id = task.output_id
-    collection = target.collection_id(task.item.get("collection"))
+    collection, item_id = task.output_names(spec.publish.collection)
     try:
         if target.done(item_id, collection):
             return Outcome(item_id, "skipped")
         keys = preset.asset_keys(list(package.card.bands))
         bbox = task.bbox or tuple(task.item["bbox"])
-        job = Job(task.item, keys, G.crop(*item_window(task.item, keys, bbox)))
-        image = read_job(job, preset)
-        if not image.any():
+        job = Job(task.item, keys, *item_window(task.item, keys, bbox))
+        done = process_item(job, preset, spec.output, collection, item_id, package, engine, spec.resources.tile_size,
+                            spec.compress)  # fmt: skip
+        if done.item is None:
             return Outcome(item_id, "nodata", seconds=time.perf_counter() - start)
-        sr = super_resolve(image, package, engine, spec.resources.tile_size)
-        del image
-        grid = G.zoom_in(job.grid, package.card.scale)
-        hrefs = write_bands(sr, grid, spec.output, collection, item_id, package.card.bands, spec.compress)
-        item = build_item(job.item, grid, hrefs, package, source_href=self_href(task.item))
-        item.id = item_id
-        item.properties["stacsr:area"] = task.area.name
-        target.publish(item, task.item.get("collection"))
-        return Outcome(item_id, "done", km2=G.area_km2(job.grid), output_pixels=int(np.prod(sr.shape[1:])),
-                       tiles=len(tiles.plan(job.grid.shape.yx, spec.resources.tile_size)),
+        done.item.properties["stacsr:area"] = task.area.name
+        target.publish(done.item, collection, task.item.get("collection"))
+        return Outcome(item_id, "done", km2=done.km2, output_pixels=done.output_pixels, tiles=done.tiles,
                        seconds=time.perf_counter() - start)  # fmt: skip
     except Exception as e:  # one item's failure is reported, the others go on
         return Outcome(item_id, "failed", error=first_line(e), seconds=time.perf_counter() - start)

@@ -44,6 +44,16 @@ def output_collection_id(source_collection: str | None) -> str:
     return f"{source_collection or 'sentinel-2-l2a'}-sr"
 
 
+def output_names(source: Mapping[str, Any], area: str | None = None, collection: str | None = None) -> tuple[str, str]:
+    """``(collection id, item id)`` of the output of ``source``: the one place they are decided.
+
+    The item is ``<source id>_sr`` (``_<area>`` appended for a batch area, so one source over two areas
+    gives two outputs); the collection is ``collection`` when given (a batch's ``publish.collection``), else
+    ``<source collection>-sr``. COG folders, item JSON and the done-check of a re-run all use these."""
+    item_id = output_id(source["id"]) + (f"_{area}" if area else "")
+    return collection or output_collection_id(source.get("collection")), item_id
+
+
 def footprint(grid: GeoBox) -> Geometry:
     """The grid's outline in lon/lat, densified every 1 km so that the UTM edges are followed."""
     return grid.extent.to_crs("EPSG:4326", resolution=1000.0)
@@ -54,9 +64,11 @@ def build_item(
     grid: GeoBox,
     band_files: Mapping[str, str],
     package: ModelPackage,
+    item_id: str | None = None,
     source_href: str | None = None,
 ) -> pystac.Item:
-    """Item for the output on ``grid`` whose COGs (one per band, in model order) are ``band_files``."""
+    """Item ``item_id`` (default ``<source id>_sr``) for the output on ``grid`` whose COGs (one per band, in
+    model order) are ``band_files``."""
     geom = footprint(grid)
     props = {k: source["properties"][k] for k in KEPT if k in source.get("properties", {})}
     rows, cols = grid.shape.yx
@@ -75,7 +87,7 @@ def build_item(
         "stacsr:model": {"name": package.card.name, "version": package.card.version, "sha256": package.sha256},
     })  # fmt: skip
     item = pystac.Item(
-        id=output_id(source["id"]),
+        id=item_id or output_id(source["id"]),
         geometry=geom.json,
         bbox=list(geom.boundingbox),
         datetime=pystac.utils.str_to_datetime(props.pop("datetime")) if props.get("datetime") else None,
@@ -107,10 +119,11 @@ def _asset(href: str, band: str, package: ModelPackage) -> pystac.Asset:
     )  # fmt: skip
 
 
-def build_collection(items: Sequence[pystac.Item], source_collection: str | None, package: ModelPackage) -> pystac.Collection:
-    """The ``<source>-sr`` collection, its extents computed from ``items``."""
+def build_collection(items: Sequence[pystac.Item], collection_id: str, package: ModelPackage,
+                     source_collection: str | None = None) -> pystac.Collection:  # fmt: skip
+    """The output collection ``collection_id`` (see :func:`output_names`), its extents computed from ``items``."""
     return pystac.Collection(
-        id=output_collection_id(source_collection),
+        id=collection_id,
         description=(
             f"Sentinel-2 L2A super-resolved to {package.card.gsd_out} m by stacsr with model {package.ref}. "
             "Reflectance x 10000 (uint16, 0 = nodata)."

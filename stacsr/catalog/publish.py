@@ -50,16 +50,18 @@ def item_folder(root: str | Path, collection_id: str, item_id: str) -> Path:
 
 
 def publish_static(
-    root: str | Path, items: Sequence[pystac.Item], source_collection: str | None, package: ModelPackage
+    root: str | Path, items: Sequence[pystac.Item], collection_id: str, package: ModelPackage,
+    source_collection: str | None = None,
 ) -> Path:
-    """Add ``items`` to the catalogue at ``root`` (created when absent); returns the catalog.json path."""
+    """Add ``items`` to collection ``collection_id`` of the catalogue at ``root`` (created when absent);
+    returns the catalog.json path."""
     root = Path(root)
     catalog_file = root / "catalog.json"
     if catalog_file.exists():
         catalog = pystac.Catalog.from_file(str(catalog_file), stac_io=_AsWrittenStacIO())
     else:
         catalog = pystac.Catalog(CATALOG_ID, "Super-resolved Sentinel-2 imagery written by stacsr.", title="stacsr")
-    new = build_collection(items, source_collection, package)
+    new = build_collection(items, collection_id, package, source_collection)
     collection = catalog.get_child(new.id)
     if collection is None:
         collection = new

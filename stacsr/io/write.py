@@ -1,4 +1,4 @@
-"""Writing Cloud-Optimized GeoTIFFs with rio-cogeo, atomically.
+"""Writing Cloud-Optimized GeoTIFFs with GDAL's COG driver, atomically.
 
 Each COG is written to a hidden temporary name in its destination folder and renamed into place only
 when complete, so a crash never leaves a partial file under a final name.
@@ -17,8 +17,7 @@ import rasterio
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
-from rio_cogeo.cogeo import cog_translate
-from rio_cogeo.profiles import cog_profiles
+import rasterio.shutil
 
 from stacsr.io.grid import GeoBox
 from stacsr.io.read import first_line
@@ -57,8 +56,51 @@ _UMASK = _umask()
 REFLECTANCE_SCALE = 1e-4  # uint16 DN × scale = reflectance
 # Fast compression levels: on 4× super-resolved uint16 with predictor 2, deflate level 1 writes 3× faster
 # than level 6 for files about 20 % larger (make bench). Compression runs on all cores.
-FAST_LEVELS = {"deflate": {"zlevel": 1}, "zstd": {"zstd_level": 1}}
-GDAL_WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}
+LEVELS = {"deflate": 1, "zstd": 1}
+BLOCKSIZE = 512
+GDAL_WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}  # GDAL's block cache is bounded in stacsr/__init__.py
+
+
+def cog_options(compress: str = "deflate") -> dict[str, str]:
+    """Creation options of GDAL's COG driver: internal 512² tiles, predictor 2, averaged overviews down to one
+    tile, compression on all cores, and BigTIFF whenever the file could pass 4 GB (``IF_NEEDED`` never
+    makes one when compression is on)."""
+    compress = compress.lower()
+    options = {
+        "COMPRESS": compress.upper(), "PREDICTOR": "2", "BLOCKSIZE": str(BLOCKSIZE), "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": "ALL_CPUS", "OVERVIEWS": "AUTO", "OVERVIEW_RESAMPLING": "AVERAGE",
+    }  # fmt: skip
+    if compress in LEVELS:
+        options["LEVEL"] = str(LEVELS[compress])
+    return options
+
+
+def cog_from_file(src: str | Path, path: str | Path, compress: str = "deflate") -> Path:
+    """Make the COG ``path`` from the raster file ``src`` (read block by block, never whole), atomically:
+    GDAL's COG driver builds the overviews in a temporary file beside ``path`` and writes the tiles."""
+    path = Path(path)
+    try:
+        with atomic_file(path) as tmp, rasterio.Env(**GDAL_WRITE_ENV):
+            rasterio.shutil.copy(str(src), str(tmp), driver="COG", **cog_options(compress))
+    except (RasterioError, CPLE_BaseError, OSError) as e:  # disk full, file size limit, I/O error
+        raise WriteError(f"cannot write {path}: {first_line(e)}") from None
+    return path
+
+
+def raster_profile(grid: GeoBox, count: int, nodata: int = 0) -> dict:
+    """GeoTIFF profile of a uint16 raster on ``grid``."""
+    rows, cols = grid.shape.yx
+    return dict(driver="GTiff", count=count, height=rows, width=cols, dtype="uint16", crs=grid.crs.to_wkt(),
+                transform=grid.affine, nodata=nodata)  # fmt: skip
+
+
+def describe(dst, descriptions: Sequence[str] | None, scale: float | None) -> None:
+    """Band descriptions and the reflectance scale of an open dataset."""
+    for i, text in enumerate(descriptions or [], start=1):
+        dst.set_band_description(i, text)
+    if scale is not None:
+        dst.scales = (scale,) * dst.count
+        dst.offsets = (0.0,) * dst.count
 
 
 def write_cog(
@@ -70,32 +112,15 @@ def write_cog(
     compress: str = "deflate",
     scale: float | None = REFLECTANCE_SCALE,
 ) -> Path:
-    """Write ``array`` (bands, rows, cols) on ``grid`` as a COG at ``path`` (internal tiles, overviews)."""
-    path = Path(path)
+    """Write an in-memory ``array`` (bands, rows, cols) on ``grid`` as a COG at ``path`` (small rasters: the
+    demo, tests; whole items go through :class:`stacsr.io.sink.TileSink`)."""
     if array.ndim == 2:
         array = array[None]
     if array.shape[1:] != tuple(grid.shape.yx):
         raise ValueError(f"array shape {array.shape[1:]} does not match grid shape {tuple(grid.shape.yx)}")
-    profile = dict(
-        driver="GTiff", count=array.shape[0], height=array.shape[1], width=array.shape[2],
-        dtype=array.dtype.name, crs=grid.crs.to_wkt(), transform=grid.affine, nodata=nodata,
-    )  # fmt: skip
-    cog = dict(cog_profiles.get(compress.lower()), predictor=2, **FAST_LEVELS.get(compress.lower(), {}))
-    try:
-        with atomic_file(path) as tmp, MemoryFile() as mem:
-            with mem.open(**profile) as dst:
-                dst.write(array)
-                for i, text in enumerate(descriptions or [], start=1):
-                    dst.set_band_description(i, text)
-                if scale is not None:
-                    dst.scales = (scale,) * array.shape[0]
-                    dst.offsets = (0.0,) * array.shape[0]
-            with mem.open() as src, rasterio.Env(**GDAL_WRITE_ENV):
-                cog_translate(
-                    src, str(tmp), cog, in_memory=True, quiet=True, overview_resampling="average",
-                    add_mask=False, use_cog_driver=False,
-                )  # fmt: skip
-    except (RasterioError, CPLE_BaseError, OSError) as e:  # disk full, file size limit, I/O error
-        raise WriteError(f"cannot write {path}: {first_line(e)}") from None
-    return path
-
+    profile = {**raster_profile(grid, array.shape[0], nodata), "dtype": array.dtype.name}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(array)
+            describe(dst, descriptions, scale)
+        return cog_from_file(mem.name, path, compress)

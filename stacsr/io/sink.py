@@ -1,0 +1,207 @@
+"""Where tile outputs go: a tiled GeoTIFF on local disk, written as tiles arrive, then made into COGs.
+
+    tiles (any order) → one uncompressed tiled BigTIFF per output COG, in a scratch folder
+    → :func:`stacsr.io.write.cog_from_file` (GDAL's COG driver: overviews from disk, all cores compressing)
+    → the COG's final place: renamed into a local folder, or uploaded under a temporary key and moved
+
+Memory is what GDAL's bounded block cache and the tiles in hand hold, whatever the size of the output. A
+:class:`TileSink` lives in whichever process assembles an item (the caller's, or a Ray actor on the node
+that owns the output folder). A sink that does not finish leaves no file under a final name; its scratch
+folder (hidden, ``.stacsr-*``) is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
+from rasterio.windows import Window as RioWindow
+
+from stacsr.io import store
+from stacsr.io.read import first_line
+from stacsr.redaction import redact
+from stacsr.io.grid import GeoBox, Window
+from stacsr.io.write import BLOCKSIZE, REFLECTANCE_SCALE, WriteError, cog_from_file, describe, raster_profile
+
+SCRATCH_ENV = "STACSR_SCRATCH"  # where intermediates go when outputs are remote (default: the system's temp)
+COG_FRACTION = 0.75  # a deflated COG with overviews, as a share of the raw pixels (≈ 0.3–0.4 measured; margin)
+
+
+class DiskSpaceError(OSError):
+    """Too little free disk for an item's intermediates and COGs (one line: how much, and where)."""
+
+
+@dataclass(frozen=True)
+class CogTarget:
+    """One COG to make: its final path or URL, the output layers it holds (0-based) and their names."""
+
+    url: str
+    layers: tuple[int, ...]
+    descriptions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """What an item's tiles become: COGs on ``grid`` (the output grid); a tile core ``w`` of the source grid
+    lands at ``(w - origin) × scale``."""
+
+    grid: GeoBox
+    origin: tuple[int, int]
+    scale: int
+    targets: tuple[CogTarget, ...]
+    compress: str = "deflate"
+    scratch: str | None = None
+
+    def out_window(self, core: Window) -> Window:
+        return core.shift(-self.origin[0], -self.origin[1]).scale(self.scale)
+
+    @property
+    def raw_bytes(self) -> int:
+        rows, cols = self.grid.shape.yx
+        return 2 * rows * cols * sum(len(t.layers) for t in self.targets)
+
+
+def scratch_folder(spec: SinkSpec) -> Path:
+    """Where intermediates go: ``spec.scratch``, else ``$STACSR_SCRATCH``, else beside the first local target
+    (same disk as the output), else the system's temporary folder."""
+    if spec.scratch:
+        return Path(spec.scratch)
+    if os.environ.get(SCRATCH_ENV):
+        return Path(os.environ[SCRATCH_ENV])
+    local = [t.url for t in spec.targets if not store.is_remote(t.url)]
+    return _existing(Path(local[0]).parent) if local else Path(tempfile.gettempdir())
+
+
+def _existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(spec: SinkSpec) -> None:
+    """Refuse to start an item whose intermediates and COGs cannot fit on their disks (estimated from the
+    raw size: intermediates are uncompressed; a COG is taken at :data:`COG_FRACTION` of raw)."""
+    need: dict[int, tuple[Path, float]] = {}
+
+    def add(folder: Path, nbytes: float) -> None:
+        folder = _existing(folder)
+        dev = folder.stat().st_dev
+        need[dev] = (need.get(dev, (folder, 0.0))[0], need.get(dev, (folder, 0.0))[1] + nbytes)
+
+    per_layer = spec.raw_bytes / max(1, sum(len(t.layers) for t in spec.targets))
+    add(scratch_folder(spec), spec.raw_bytes)
+    for t in spec.targets:
+        cog = per_layer * len(t.layers) * COG_FRACTION
+        add(scratch_folder(spec) if store.is_remote(t.url) else Path(t.url).parent, cog)
+    for folder, nbytes in need.values():
+        free = shutil.disk_usage(folder).free
+        if free < nbytes:
+            raise DiskSpaceError(f"not enough free disk space in {folder}: this item needs about "
+                                 f"{nbytes / 1e9:,.1f} GB, {free / 1e9:,.1f} GB are free")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _naming(target: CogTarget):
+    """A failed write of an intermediate (disk full, file size limit) as a one-line error naming the COG."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError, OSError) as e:
+        raise WriteError(f"cannot write {redact(target.url)}: {first_line(e)}") from None
+
+
+class TileSink:
+    """Receives tile outputs in any order and turns them into the COGs of a :class:`SinkSpec`."""
+
+    def __init__(self, spec: SinkSpec) -> None:
+        self.spec = spec
+        self.valid = False  # any valid (non-zero) output pixel seen
+        self._stack = contextlib.ExitStack()
+        self._folder: Path | None = None
+        self._files: list[Path] = []
+        self._datasets: list = []
+
+    def open(self) -> "TileSink":
+        """Check the disk and create the intermediates (one per target)."""
+        check_disk(self.spec)
+        folder = scratch_folder(self.spec)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._folder = Path(tempfile.mkdtemp(prefix=".stacsr-", dir=folder))
+        for i, target in enumerate(self.spec.targets):
+            path = self._folder / f"{i}.tif"
+            profile = dict(raster_profile(self.spec.grid, len(target.layers)), tiled=True, blockxsize=BLOCKSIZE,
+                           blockysize=BLOCKSIZE, interleave="band", bigtiff="YES", sparse_ok=True)  # fmt: skip
+            with rasterio.Env(), _naming(target):  # an env of ours: the dataset owns none, any thread may close it
+                dataset = self._stack.enter_context(rasterio.open(path, "w", **profile))
+            describe(dataset, target.descriptions, REFLECTANCE_SCALE)
+            self._files.append(path)
+            self._datasets.append(dataset)
+        return self
+
+    def write(self, results: Sequence[tuple[Window, np.ndarray | None]]) -> int:
+        """Write tile outputs (``None``: a tile with no valid pixel, left sparse = 0); returns how many."""
+        for core, tile in results:
+            if tile is None:
+                continue
+            w = self.spec.out_window(core)
+            window = RioWindow(w.col, w.row, w.width, w.height)
+            for target, dataset in zip(self.spec.targets, self._datasets):
+                with _naming(target):
+                    dataset.write(tile[list(target.layers)], window=window)
+            self.valid = self.valid or bool(tile.any())
+        return len(results)
+
+    def finish(self, upload: bool = True) -> dict[str, str] | None:
+        """Make every COG and put it in place; returns ``{url: href}`` (``None`` when no pixel was valid: then
+        nothing is written). With ``upload=False`` the COGs of object-storage targets stay in the scratch
+        folder and their local paths are returned instead: the caller puts them (:func:`upload`) — the
+        process that holds the storage credentials — and then calls :meth:`abort` to drop the scratch."""
+        done = False
+        try:
+            with _naming(self.spec.targets[0]):
+                self._stack.close()
+            if not self.valid:
+                return None
+            hrefs = {t.url: self._make(t, f, upload) for t, f in zip(self.spec.targets, self._files)}
+            done = True
+            return hrefs
+        finally:
+            if upload or not done:
+                self.abort()
+
+    def _make(self, target: CogTarget, intermediate: Path, upload: bool) -> str:
+        if not store.is_remote(target.url):
+            href = str(cog_from_file(intermediate, target.url, self.spec.compress))
+        else:
+            local = cog_from_file(intermediate, intermediate.with_suffix(".cog.tif"), self.spec.compress)
+            href = upload_one(local, target.url) if upload else str(local)
+        intermediate.unlink(missing_ok=True)
+        return href
+
+    def abort(self) -> None:
+        """Drop everything not yet in place (the intermediates and the scratch folder)."""
+        self._stack.close()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+def upload_one(local: Path, url: str) -> str:
+    """Put a finished COG at its object-storage ``url`` (temporary key, then moved) and delete it here."""
+    href = store.put(local, url)
+    Path(local).unlink(missing_ok=True)
+    return href
+
+
+def upload(hrefs: dict[str, str]) -> dict[str, str]:
+    """The COGs that :meth:`TileSink.finish` left local (``upload=False``) put at their URLs."""
+    return {url: upload_one(Path(h), url) if store.is_remote(url) else h for url, h in hrefs.items()}
