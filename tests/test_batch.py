@@ -430,3 +430,19 @@ def test_sigkill_between_cogs_and_item_leaves_nothing_half_done(sources, pgstac,
     report = json.loads((out / "_runs" / "killed" / "latest.json").read_text())
     assert report["items"]["done"] + report["items"]["skipped"] == 4 and report["items"]["done"] >= 1
     assert check_published() == 4
+
+
+def test_a_static_batch_with_its_own_collection_skips_its_outputs_on_a_re_run(sources, pgstac, tmp_path):
+    """``publish.collection`` names one folder for COGs and item JSON alike, so a re-run finds what it did."""
+    out = tmp_path / "out"
+    job = J.from_dict({"name": "own", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
+                       "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": str(out),
+                       "publish": {"catalog": str(out), "collection": "my-sr"}, "resources": {"tile_size": 64}})  # fmt: skip
+    engine = LocalEngine(M.load("default"))
+    first, second = run(job, engine).to_dict(), run(job, engine).to_dict()
+    assert first["items"]["done"] == 4 and second["items"] == {"found": 4, "skipped": 4, "done": 0, "failed": 0, "nodata": 0}
+    assert sorted(p.name for p in out.iterdir()) == ["_runs", "catalog.json", "my-sr"]
+    for doc in (out / "my-sr").glob("*/*.json"):
+        assert sorted(p.name for p in doc.parent.glob("*.tif")) == sorted(f"{doc.stem}_{b}.tif" for b in BANDS)
+    assert len(list((out / "my-sr").glob("*/*.json"))) == 4
+    assert json.loads((out / "my-sr" / "collection.json").read_text())["id"] == "my-sr"
