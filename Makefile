@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
-PG_PACKAGES := postgresql-15 postgresql-15-postgis-3
+PG_PACKAGES := postgresql postgresql-postgis  # the distribution's own version (15 on Debian 12, 16 on Ubuntu 24.04, 17 on Debian 13)
 
 .PHONY: install install-test system-deps demo test faults bench clean
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# PostgreSQL 15 + PostGIS for the throwaway pgstac cluster the tests start (Debian/Ubuntu).
+# PostgreSQL + PostGIS (the distribution's version) for the throwaway pgstac cluster the tests start (Debian/Ubuntu).
 system-deps:
 	@missing=""; for p in $(PG_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -44,7 +44,7 @@ faults: install-test
 	$(PY) -m pytest -q -m faults -p no:cacheprovider
 
 bench: install-test
-	$(PY) -m tests.bench && $(PY) -m tests.bench_train && $(PY) -m tests.bench_batch
+	$(PY) -m tests.bench && $(PY) -m tests.bench_scale && $(PY) -m tests.bench_train && $(PY) -m tests.bench_batch
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

@@ -146,7 +146,7 @@ def _earth_search_style(item: dict[str, Any]) -> dict[str, Any]:
 
 def demo_preset():
     """Planetary Computer conventions, without signing (the demo's files are local)."""
-    return replace(PRESETS["planetary-computer"], sign=no_signing, url="demo://")
+    return replace(PRESETS["planetary-computer"], sign=no_signing, url="demo://", local_assets=True)
 
 
 def side_by_side(path: str | Path, lr: np.ndarray, sr: np.ndarray, scale: int) -> Path:

@@ -32,11 +32,13 @@ from stacsr.io.grid import Window
 from stacsr.io.sink import CogTarget, SinkSpec
 from stacsr.io.source import ArraySource, Band, RasterSource, Source, file_source
 from stacsr.model.package import ModelPackage
+from stacsr.redaction import redact
 
 if TYPE_CHECKING:
     import pystac
 
 DEFAULT_TILE_SIZE = 256
+REMOTE_SCHEMES = ("https", "http", "s3", "gs", "az", "abfs")  # what a catalogue's asset may point at
 
 
 class InputError(ValueError):
@@ -138,7 +140,23 @@ def plan_jobs(items: Sequence[dict[str, Any]], preset: Preset, bands: Sequence[s
     if not items:
         raise InputError("no items found for this search (area, dates, cloud cover)")
     keys = preset.asset_keys(list(bands))
-    return [Job(item, keys, *item_window(item, keys, bbox)) for item in items]
+    jobs = [Job(item, keys, *item_window(item, keys, bbox)) for item in items]
+    for job in jobs:
+        output_names(job.item)  # ids the output root can hold, or a one-line refusal, before any work
+        check_asset_hrefs(job.item, keys, preset)
+    return jobs
+
+
+def check_asset_hrefs(item: dict[str, Any], keys: Sequence[str], preset: Preset) -> None:
+    """Refuse assets a catalogue points at local files or unknown schemes (a hostile catalogue could make
+    stacsr read ``/etc/...`` into its outputs) unless the preset is a local one (``local_assets``)."""
+    for key in keys:
+        href = str(item["assets"][key].get("href", ""))
+        scheme = href.split("://", 1)[0].lower() if "://" in href else "file"
+        if scheme not in REMOTE_SCHEMES and not (preset.local_assets and scheme == "file"):
+            raise InputError(f"item {item.get('id')}: asset {key} is {'a local file' if scheme == 'file' else scheme + '://'} "
+                             f"({redact(href)}); stacsr reads only {', '.join(s + '://' for s in REMOTE_SCHEMES)} "
+                             "assets from a catalogue unless told it is local")  # fmt: skip
 
 
 def item_window(item: dict[str, Any], keys: Sequence[str], bbox) -> tuple[G.GeoBox, G.Window]:
@@ -205,6 +223,7 @@ def process_item(
 ) -> ItemResult:  # fmt: skip
     """Super-resolve one item's AOI into one COG per band under ``root`` and build its STAC item."""
     targets = band_targets(root, collection_id, item_id, package.card.bands)
+    check_outputs_spare_sources(job, targets)
     hrefs = run_item(item_source(job, preset), job.window, targets, package, engine, tile_size, compress, progress,
                      job.item["id"])  # fmt: skip
     grid = G.zoom_in(job.grid, package.card.scale)
@@ -256,6 +275,29 @@ def enhance(
     return report
 
 
+def check_not_input(src: str, dst: str | Path) -> None:
+    """Refuse an output that is its own input (the same file by any path: ``./a.tif``, a symlink, a hard link)."""
+    if "://" in str(src):
+        return
+    same = Path(src).resolve() == Path(dst).resolve()
+    try:
+        same = same or os.path.samefile(src, dst)
+    except OSError:
+        pass  # one of them does not exist: not the same file
+    if same:
+        raise InputError(f"the output {dst} is the input {src}: stacsr never overwrites its input; choose another path")
+
+
+def check_outputs_spare_sources(job: Job, targets: Sequence[CogTarget]) -> None:
+    """Refuse to write an item's COG over one of its own source assets (a local catalogue under the output)."""
+    sources = {str(Path(job.item["assets"][k]["href"].removeprefix("file://")).resolve()) for k in job.assets
+               if "://" not in job.item["assets"][k]["href"].removeprefix("file://")}  # fmt: skip
+    for t in targets:
+        if not store.is_remote(t.url) and str(Path(t.url).resolve()) in sources:
+            raise InputError(f"item {job.item.get('id')}: its output {t.url} would replace its source asset; "
+                             "choose another output folder")  # fmt: skip
+
+
 def self_href(item: dict[str, Any]) -> str | None:
     """The ``self`` link of a source item (its canonical URL), if any."""
     return next((link["href"] for link in item.get("links", []) if link.get("rel") == "self"), None)
@@ -268,6 +310,7 @@ def sr_file(
     """Super-resolve one GeoTIFF (bands in the model's order, reflectance × 10000) into a multi-band COG."""
     start = time.perf_counter()
     dst = Path(dst)
+    check_not_input(src, dst)
     check_writable(dst.parent if str(dst.parent) else ".")
     source, descriptions = file_source(src)
     check_band_count(source.bands, package)  # before the progress bar starts

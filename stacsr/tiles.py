@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from stacsr.io.grid import Window
-from stacsr.io.source import Source
+from stacsr.io.source import ArraySource, Source
 
 BatchFn = Callable[[np.ndarray], np.ndarray]  # (N, bands, h, w) -> (N, bands, h·s, w·s)
 
@@ -37,24 +37,6 @@ def _starts(length: int, size: int) -> list[int]:
     if starts[-1] + size < length:
         starts.append(length - size)
     return starts
-
-
-def pad(image: np.ndarray, halo: int) -> np.ndarray:
-    """Reflect-pad a ``(bands, rows, cols)`` image by ``halo`` pixels on each side."""
-    return np.pad(image, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
-
-
-def halo_window(core: Window, halo: int) -> Window:
-    """Window of the padded image that holds ``core`` and its halo."""
-    return core.pad(halo).shift(halo, halo)
-
-
-def run_batch(fn: BatchFn, padded: np.ndarray, cores: Sequence[Window], halo: int, scale: int) -> list[np.ndarray]:
-    """Run ``fn`` on the halo'd tiles of ``cores`` (same shape) and return each core's output."""
-    batch = np.stack([padded[(slice(None), *halo_window(c, halo).slices)] for c in cores])
-    out = fn(batch)
-    m = halo * scale
-    return [o[:, m : o.shape[1] - m, m : o.shape[2] - m] for o in out]
 
 
 def run_tiles(fn: BatchFn, source: Source, cores: Sequence[Window], halo: int, scale: int
@@ -92,12 +74,7 @@ def batches(cores: Sequence[Window], size: int) -> Iterator[list[Window]]:
 
 
 def super_resolve(image: np.ndarray, fn: BatchFn, tile_size: int, halo: int, scale: int, batch: int = 1) -> np.ndarray:
-    """In-process tiled super-resolution of a ``(bands, rows, cols)`` image."""
-    padded = pad(image, halo)
-    cores = plan(image.shape[1:], tile_size)
-
-    def results() -> Iterator[tuple[Window, np.ndarray]]:
-        for group in batches(cores, batch):
-            yield from zip(group, run_batch(fn, padded, group, halo, scale))
-
-    return stitch(results(), image.shape[1:], image.shape[0], scale)
+    """In-process tiled super-resolution of an in-memory ``(bands, rows, cols)`` image."""
+    source, cores = ArraySource(image), plan(image.shape[1:], tile_size)
+    results = (r for group in batches(cores, batch) for r in run_tiles(fn, source, group, halo, scale))
+    return stitch(results, image.shape[1:], image.shape[0], scale)

@@ -5,7 +5,8 @@ disk) is super-resolved by the ``stacsr sr`` command itself, in a fresh process,
 its own local Ray. While it runs, the resident memory of its whole process tree (the driver and every Ray
 process: GCS, raylet, workers, actors) is summed every 0.2 s; the peak of that sum is the figure. Speed is
 the command's own "output pixels/s" (tiles, reads and COG writing; Python and Ray start-up excluded) and
-its wall time. One JSON line per run, then one with the ratios the streaming targets are about:
+its wall time; the largest process of each role (driver, tile actor, writer, other Ray processes) is given
+too, and the peak of each role's sum (what sizing a pod needs). One JSON line per run, then one with the ratios the streaming targets are about:
 
     peak RSS at the largest size ≤ 1.3 × the smallest, in both modes; in-process peak ≤ 3 GB there;
     output px/s at the largest size ≥ 0.9 × the smallest.
@@ -33,41 +34,56 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 STRIP = 1024
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants, from /proc."""
+ROLES = (("tile actor", "ray::_TileWorker"), ("writer", "ray::_Writer"), ("ray", "ray"), ("ray", "gcs_server"),
+         ("ray", "raylet"))  # fmt: skip
+
+
+def tree_rss(root: int) -> dict[int, tuple[int, str]]:
+    """``pid: (resident bytes, role)`` of ``root`` and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    info: dict[int, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
             statm = Path(f"/proc/{entry}/statm").read_text().split()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = int(statm[1]) * PAGE
-    total, todo = 0, [root]
+        role = "driver" if int(entry) == root else next((r for r, key in ROLES if key in cmd), "ray")
+        info[int(entry)] = (int(statm[1]) * PAGE, role)
+    tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        if pid in info:
+            tree[pid] = info[pid]
         todo += children.get(pid, [])
-    return total
+    return tree
 
 
-def run_sampled(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, int, float]:
-    """Run ``cmd``; return its result, the peak RSS of its process tree and its wall time."""
+def run_sampled(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, int, dict, dict, float]:
+    """Run ``cmd``; return its result, the peak RSS of its process tree (sum over processes, sampled every
+    0.2 s), the peak RSS of the largest process of each role, the peak of each role's sum, and its wall time."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # fmt: skip
-    peak = 0
+    peak, roles, totals = 0, {}, {}
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, tree_rss(proc.pid))
+            tree = tree_rss(proc.pid)
+            peak = max(peak, sum(rss for rss, _ in tree.values()))
+            summed: dict[str, int] = {}
+            for rss, role in tree.values():
+                roles[role] = max(roles.get(role, 0), rss)
+                summed[role] = summed.get(role, 0) + rss
+            for role, rss in summed.items():
+                totals[role] = max(totals.get(role, 0), rss)
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -75,7 +91,7 @@ def run_sampled(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Complet
     out, err = proc.communicate()
     stop.set()
     sampler.join()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak, time.perf_counter() - start
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak, roles, totals, time.perf_counter() - start
 
 
 def make_input(path: Path, size: int) -> Path:
@@ -110,13 +126,15 @@ def measure(src: Path, size: int, mode: str, work: Path, tile_size: int | None) 
     cmd += ["--no-ray"] if mode == "no-ray" else []
     cmd += ["--tile-size", str(tile_size)] if tile_size else []
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"COLUMNS": "200"}
-    result, peak, wall = run_sampled(cmd, env)
+    result, peak, roles, totals, wall = run_sampled(cmd, env)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
     px_s = float(re.search(r"output pixels/s\s+([\d,]+)", result.stderr)[1].replace(",", ""))
     out.unlink()
     return {"size": size, "mode": mode, "output_px": (4 * size) ** 2, "peak_rss_gb": round(peak / 1e9, 2),
-            "px_s": round(px_s), "wall_s": round(wall, 1), "cpus": os.cpu_count()}  # fmt: skip
+            "px_s": round(px_s), "wall_s": round(wall, 1), "cpus": os.cpu_count(),
+            "largest_process_gb": {role: round(rss / 1e9, 2) for role, rss in sorted(roles.items())},
+            "role_total_gb": {role: round(rss / 1e9, 2) for role, rss in sorted(totals.items())}}  # fmt: skip
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Fixtures
 --------
-pgstac       PostgreSQL 15 + pgstac + stac-fastapi-pgstac (see tests/fixtures/services.py: PgstacService)
+pgstac       PostgreSQL (+ PostGIS) + pgstac + stac-fastapi-pgstac (see tests/fixtures/services.py: PgstacService)
 blob_server  Range-capable file server + Azure Blob / Planetary Computer SAS stand-in (BlobServer)
 pc_stand_in  function-scoped: PC_SDK_SAS_URL -> blob_server, planetary_computer caches cleared; yields blob_server
 ray_local    lazy local Ray (RayLocal; attribute access falls through to the `ray` module)

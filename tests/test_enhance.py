@@ -226,7 +226,7 @@ def _bicubic(reflectance: np.ndarray, package: M.ModelPackage) -> np.ndarray:
     import torch
     from torch.nn import functional as F
 
-    pad = 2  # bicubic support; reflect padding as stacsr.tiles.pad does
+    pad = 2  # bicubic support; reflect padding at the edge, as stacsr.io.source does
     x = np.pad(reflectance.astype(np.float32), ((0, 0), (pad, pad), (pad, pad)), mode="reflect") / 10000.0
     y = F.interpolate(torch.from_numpy(x)[None], scale_factor=SCALE, mode="bicubic", align_corners=False)[0]
     y = (y * 10000.0).round().clamp(1, 65535).numpy()

@@ -1,5 +1,5 @@
 """Kubernetes manifests under infra/ and jobs/: they parse, KubeRay kinds match the KubeRay 1.7 CRD schemas
-(../shared/kuberay-crds, made strict), built-in kinds and pod templates match Kubernetes' own schemas
+(tests/schemas/kuberay-crds, made strict), built-in kinds and pod templates match Kubernetes' own schemas
 (kubernetes-validate, offline), the training config a RayJob points at loads, the batch RayJob and its two
 weekly schedules (RayCronJob; CronJob + RBAC creating a RayJob) agree with each other and with the job spec they
 mount, and no credential is written in. Manifests embedded as YAML text in ConfigMaps (the RayJob the CronJob
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD_DIR = ROOT.parent / "shared" / "kuberay-crds"
+CRD_DIR = ROOT / "tests" / "schemas" / "kuberay-crds"  # KubeRay v1.7.0's CRDs (tests/schemas/kuberay-crds/README.md)
 KUBERAY_KINDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
                  "RayCronJob": "ray.io_raycronjobs.yaml"}
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

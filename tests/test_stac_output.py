@@ -2,7 +2,7 @@
 
 Outputs are built as the pipeline builds them: one real COG per band (``write_cog``) in the item's folder
 on a 2.5 m UTM 32N grid, absolute band paths handed to ``build_item``, then ``publish_static``. Schema
-checks run offline against ../shared/stac-schemas (skipped when absent) and with pystac's bundled schemas.
+checks run offline against tests/schemas/stac and with pystac's bundled schemas.
 """
 
 from __future__ import annotations

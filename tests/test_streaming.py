@@ -146,11 +146,15 @@ def test_sr_engines_write_identical_files(ray_local, tmp_path):
     src = write_tif(tmp_path / "in.tif", image)
     package = M.load("default")
     pipeline.sr_file(str(src), tmp_path / "local.tif", package, LocalEngine(package), tile_size=32)
+    blank = write_tif(tmp_path / "blank.tif", np.zeros((4, 40, 40), np.uint16))
     engine = RayEngine(package, actors=2)
     try:
         pipeline.sr_file(str(src), tmp_path / "ray.tif", package, engine, tile_size=32)
+        with pytest.raises(pipeline.InputError, match="all nodata"):  # the writer actor says so; nothing is written
+            pipeline.sr_file(str(blank), tmp_path / "blank-sr.tif", package, engine, tile_size=32)
     finally:
         engine.close()
+    assert not (tmp_path / "blank-sr.tif").exists()
     with rasterio.open(tmp_path / "local.tif") as a, rasterio.open(tmp_path / "ray.tif") as b:
         assert np.array_equal(a.read(), b.read()) and a.transform == b.transform
         assert (a.read()[:, : 20 * 4, : 30 * 4] == 0).all() and (a.read()[:, 100:, 200:] > 0).all()

@@ -13,6 +13,7 @@ import torch
 
 from stacsr import pipeline, tiles
 from stacsr.engine import LocalEngine, RayEngine
+from stacsr.io.source import ArraySource
 from stacsr.io.grid import Window
 from stacsr.model import package as P
 from stacsr.model.generator import Generator, GeneratorConfig
@@ -84,26 +85,23 @@ def test_plan_refuses_non_positive_tile_sizes():
         tiles.plan((10, 10), 0)
 
 
-def test_halo_window_holds_core_and_halo_in_padded_coordinates():
+def test_halo_windows_hold_core_and_halo_mirrored_at_the_image_edge():
     image = np.arange(2 * 9 * 11, dtype=np.uint16).reshape(2, 9, 11)
     halo = 3
-    padded = tiles.pad(image, halo)
-    assert padded.shape == (2, 9 + 2 * halo, 11 + 2 * halo)
-    core = Window(2, 4, 5, 6)
-    w = tiles.halo_window(core, halo)
-    assert w == Window(2, 4, 11, 12)
-    # the centre of the halo'd tile is the core itself
-    tile = padded[(slice(None), *w.slices)]
-    np.testing.assert_array_equal(tile[:, halo:-halo, halo:-halo], image[(slice(None), *core.slices)])
+    padded = np.pad(image, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
+    for core in (Window(2, 4, 5, 6), Window(0, 0, 9, 11), Window(6, 8, 3, 3)):
+        [tile] = ArraySource(image).read([core.pad(halo)])
+        np.testing.assert_array_equal(tile[:, halo:-halo, halo:-halo], image[(slice(None), *core.slices)])  # the core
+        np.testing.assert_array_equal(tile, padded[(slice(None), *core.pad(halo).shift(halo, halo).slices)])
 
 
 @pytest.mark.parametrize("shape", [(3, 1, 1), (3, 1, 6), (3, 4, 1)])
-def test_pad_works_on_one_pixel_wide_images(shape):
+def test_windows_of_one_pixel_wide_images(shape):
     image = image_of(shape)
-    padded = tiles.pad(image, 11)  # halo far larger than the image
-    assert padded.shape == (3, shape[1] + 22, shape[2] + 22)
+    [tile] = ArraySource(image).read([Window(0, 0, shape[1], shape[2]).pad(11)])  # halo far larger than the image
+    assert tile.shape == (3, shape[1] + 22, shape[2] + 22)
     if shape[1] == 1 and shape[2] == 1:
-        np.testing.assert_array_equal(padded, np.broadcast_to(image, padded.shape))
+        np.testing.assert_array_equal(tile, np.broadcast_to(image, tile.shape))
 
 
 # ------------------------------------------------------------------ seam-freeness, in process

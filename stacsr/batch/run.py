@@ -149,7 +149,10 @@ def plan(spec: JobSpec, preset: Preset, window: str | None) -> list[Task]:
 def process(task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, target: Target) -> Outcome:
     """Make and publish one output (or say why not); never raises for a problem of this item alone."""
     start = time.perf_counter()
-    collection, item_id = task.output_names(spec.publish.collection)
+    try:
+        collection, item_id = task.output_names(spec.publish.collection)
+    except ValueError as e:  # an id the output root cannot hold safely: this item fails, the others go on
+        return Outcome(str(task.item.get("id"))[:200], "failed", error=first_line(e))
     try:
         if target.done(item_id, collection):
             return Outcome(item_id, "skipped")

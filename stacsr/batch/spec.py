@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from stacsr.catalog.items import check_name
 from stacsr.catalog.search import SearchError, check_bbox, check_datetime, check_mgrs
 from stacsr.io.store import is_remote
 from stacsr.redaction import looks_secret
@@ -117,6 +118,11 @@ def _check(spec: JobSpec) -> JobSpec:
             raise SpecError(f"{where}: {e}") from None
     need(bool(spec.output.strip()), "output: give a folder or an s3:// / gs:// / az:// prefix")
     p = spec.publish
+    if p.collection is not None:
+        try:
+            check_name("publish.collection", p.collection)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
     need((p.api is None) != (p.catalog is None), "publish: give exactly one of api (STAC Transactions API) or catalog (folder)")
     need(p.api is None or p.api.startswith(("http://", "https://")), f"publish.api {p.api!r} is not an http(s) URL")
     need(p.catalog is None or not spec.remote_output, "publish.catalog: a static catalogue needs a local output; use publish.api")

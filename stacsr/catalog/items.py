@@ -10,6 +10,7 @@ valid. pystac migrates ``proj:epsg`` to ``proj:code`` when it reads the item.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import pystac
@@ -44,14 +45,45 @@ def output_collection_id(source_collection: str | None) -> str:
     return f"{source_collection or 'sentinel-2-l2a'}-sr"
 
 
+MAX_NAME_BYTES = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UnsafeNameError(ValueError):
+    """An id that cannot name a folder, file or object key inside the output root."""
+
+
+def check_name(what: str, name: Any) -> str:
+    """``name`` if it can be one folder, file or object-key part inside the output root, else
+    :class:`UnsafeNameError` (one line naming it). Unsafe: not a non-empty string, a path separator (``/``,
+    ``\\``), ``..``, a NUL or control character, a leading ``.`` that hides it, or over 200 bytes (UTF-8)."""
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    problem = (
+        "it is not a non-empty string" if not isinstance(name, str) or not name else
+        "it holds a path separator" if "/" in name or "\\" in name else
+        "it holds '..'" if ".." in name else
+        "it holds a control character" if _CONTROL.search(name) else
+        "it starts with '.'" if name.startswith(".") else
+        f"it is over {MAX_NAME_BYTES} bytes" if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES else None
+    )  # fmt: skip
+    if problem:
+        raise UnsafeNameError(f"{what} {shown} cannot name a file or object key safely ({problem}): refused")
+    return name  # type: ignore[return-value]
+
+
 def output_names(source: Mapping[str, Any], area: str | None = None, collection: str | None = None) -> tuple[str, str]:
     """``(collection id, item id)`` of the output of ``source``: the one place they are decided.
 
     The item is ``<source id>_sr`` (``_<area>`` appended for a batch area, so one source over two areas
     gives two outputs); the collection is ``collection`` when given (a batch's ``publish.collection``), else
-    ``<source collection>-sr``. COG folders, item JSON and the done-check of a re-run all use these."""
-    item_id = output_id(source["id"]) + (f"_{area}" if area else "")
-    return collection or output_collection_id(source.get("collection")), item_id
+    ``<source collection>-sr``. COG folders, item JSON and the done-check of a re-run all use these. Ids a
+    catalogue returns are not trusted: an id that cannot name a folder or key inside the output root
+    (:func:`check_name`) is refused, so nothing is ever written outside it."""
+    item_id = output_id(check_name("item id", source.get("id"))) + (f"_{area}" if area else "")
+    source_collection = source.get("collection")
+    if collection is None and source_collection is not None:
+        check_name("collection id", source_collection)
+    return check_name("collection id", collection or output_collection_id(source_collection)), check_name("item id", item_id)
 
 
 def footprint(grid: GeoBox) -> Geometry:

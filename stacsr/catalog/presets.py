@@ -34,6 +34,7 @@ class Preset:
     assets: Mapping[str, str]  # band name (model order, e.g. B02) -> asset key
     sign: SignFn = no_signing
     mgrs_keys: tuple[str, ...] = ("s2:mgrs_tile", "grid:code", "mgrs:grid_square")
+    local_assets: bool = False  # a local catalogue whose assets are files here (the demo); off for any API
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def asset_keys(self, bands: tuple[str, ...] | list[str]) -> list[str]:

@@ -12,6 +12,7 @@ replaces the old one (a re-run never duplicates).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -71,7 +72,7 @@ def publish_static(
             collection.remove_item(item.id)
         collection.add_item(item)
     collection.update_extent_from_items()
-    catalog.normalize_hrefs(str(root))
+    catalog.normalize_hrefs(str(root.absolute()) + os.sep)  # a folder, even when its name has a dot (run.v2)
     catalog.make_all_asset_hrefs_relative()
     stac_io = _AsWrittenStacIO()
     for item in items:  # the new items first: a catalogue or collection never links to an item not yet written

@@ -64,6 +64,9 @@ def search(
         raise SearchError("a search needs a bbox or an MGRS tile")
     bbox = check_bbox(bbox) if bbox is not None else None
     datetime_ = check_datetime(datetime_)
+    check_cloud(max_cloud)
+    if limit is not None and limit < 1:
+        raise SearchError(f"limit {limit} must be at least 1")
     client = open_client(preset.url)
     query: dict[str, Any] = {"eo:cloud_cover": {"lte": max_cloud}} if max_cloud is not None else {}
     if mgrs is not None:
@@ -77,6 +80,12 @@ def search(
 
 
 _MGRS = re.compile(r"^\d{1,2}[C-HJ-NP-X][A-HJ-NP-Z]{2}$")
+
+
+def check_cloud(max_cloud: float | None) -> None:
+    """A cloud cover bound in [0, 100] percent (checked before any request)."""
+    if max_cloud is not None and not 0 <= max_cloud <= 100:
+        raise SearchError(f"max cloud cover {max_cloud:g} is not a percentage in [0, 100]")
 
 
 def check_mgrs(tile: str) -> str:

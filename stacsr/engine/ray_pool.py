@@ -24,8 +24,6 @@ import uuid
 from collections import deque
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-
 from stacsr import tiles
 from stacsr.io.grid import Window
 from stacsr.io.sink import SinkSpec, TileSink

@@ -1,7 +1,8 @@
-"""Reading pixels remotely: an AOI window of a STAC item (stackstac), or a whole GeoTIFF (rasterio).
+"""Reading rasters remotely: GDAL settings for cloud reads, bounded retries, whole small GeoTIFFs, scenes.
 
-Only the window's blocks are fetched (HTTP range requests on COGs), never the whole scene.
-Error messages name the asset and strip query strings, so no token is ever printed.
+Windows of items and files for tiles are read by :mod:`stacsr.io.source` (only the blocks a window needs,
+by HTTP range requests on COGs). Error messages name the asset and strip query strings, so no token is
+ever printed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import rasterio
@@ -65,45 +66,6 @@ def with_retries(read: Callable[[], T], retries: int | None = None, delay: float
 
 class ReadError(RuntimeError):
     """An asset that cannot be read."""
-
-
-def read_item_window(item: dict[str, Any], asset_keys: Sequence[str], grid: GeoBox) -> np.ndarray:
-    """DN of ``asset_keys`` on ``grid`` (a window of the item's native grid), ``(bands, rows, cols)``.
-
-    ``item`` is a (signed) item dict whose assets share one grid; pixels outside the item are 0.
-    """
-    import stackstac
-
-    left, bottom, right, top = grid.boundingbox
-    stack = stackstac.stack(
-        [item], assets=list(asset_keys), epsg=grid.crs.epsg, resolution=abs(grid.affine.a),
-        bounds=(left, bottom, right, top), snap_bounds=False, dtype="uint16", fill_value=np.uint16(0),
-        rescale=False, chunksize=2048, gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=GDAL_ENV),
-        errors_as_nodata=(),  # stackstac's default turns an HTTP 404 into silent nodata: a missing asset is an error
-    )  # fmt: skip
-    _check_grid(stack, grid, item["id"])
-    try:
-        data = with_retries(lambda: stack.isel(time=0).compute(scheduler="threads"))
-    except (RasterioError, RasterioIOError, RuntimeError) as e:
-        bad = [k for k in asset_keys if _unreadable(item["assets"][k]["href"])]
-        name = ", ".join(f"{k} ({redact(item['assets'][k]['href'])})" for k in bad) or ", ".join(asset_keys)
-        raise ReadError(f"cannot read asset {name} of item {item['id']}: {first_line(e)}") from None
-    return np.asarray(data.values)
-
-
-def _check_grid(stack: Any, grid: GeoBox, item_id: str) -> None:
-    got = tuple(stack.attrs["transform"])[:6]
-    if stack.shape[-2:] != tuple(grid.shape.yx) or not np.allclose(got, tuple(grid.affine)[:6], atol=1e-6):
-        raise ReadError(f"stackstac built grid {got} {stack.shape[-2:]} for item {item_id}, expected {grid}")
-
-
-def _unreadable(href: str) -> bool:
-    try:
-        with rasterio.Env(**GDAL_ENV), rasterio.open(href) as src:
-            src.read(1, window=((0, 1), (0, 1)))
-        return False
-    except Exception:  # noqa: BLE001 — any failure marks the asset as the culprit
-        return True
 
 
 def first_line(e: BaseException) -> str:

@@ -202,6 +202,8 @@ def upload_one(local: Path, url: str) -> str:
     return href
 
 
-def upload(hrefs: dict[str, str]) -> dict[str, str]:
+def upload(hrefs: dict[str, str] | None) -> dict[str, str] | None:
     """The COGs that :meth:`TileSink.finish` left local (``upload=False``) put at their URLs."""
+    if hrefs is None:
+        return None
     return {url: upload_one(Path(h), url) if store.is_remote(url) else h for url, h in hrefs.items()}

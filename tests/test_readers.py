@@ -1,0 +1,114 @@
+"""README's "Reading the outputs" recipes, run exactly as written, on what stacsr writes.
+
+The recipes are the ``python`` blocks of README that start with ``# recipe:``; each test runs them with the
+placeholders (``munich``, ``https://stac.example.org``, ``sentinel-2-l2a-sr``) replaced by the real output
+folder, API and collection, then compares the pixels the recipe returned with the COG read by rasterio:
+odc-stac and stackstac on static catalogues of ``enhance`` and ``batch``, and on a STAC API that a batch
+published ``s3://`` outputs to.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from stacsr import demo, pipeline
+from stacsr.batch import run as B
+from stacsr.batch import spec as J
+from stacsr.catalog.presets import resolve
+from stacsr.engine import LocalEngine
+from stacsr.model import package as M
+from tests.fixtures import scenes as SC
+from tests.fixtures.s3 import s3  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::RuntimeWarning")
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+COLLECTION = "s2-readers-test"
+AOI = SC.world_bbox(172, 172, 236, 236)
+
+
+def recipes() -> dict[str, str]:
+    """``{name: code}`` of README's recipe blocks."""
+    blocks = re.findall(r"```python\n(# recipe: (.*?)\n.*?)```", README.read_text(), flags=re.S)
+    return {name.split(",")[0].strip() + (" api" if "STAC API" in name else ""): code for code, name in blocks}
+
+
+def run(names: list[str], replacements: dict[str, str]) -> dict:
+    """Run recipes one after the other in one namespace (later ones use earlier ones' variables)."""
+    namespace: dict = {}
+    found = recipes()
+    for name in names:
+        code = found[name]
+        for old, new in replacements.items():
+            assert old in code, (name, old)
+            code = code.replace(old, new)
+        exec(compile(code, f"README recipe {name}", "exec"), namespace)
+    return namespace
+
+
+def cog(href: str) -> np.ndarray:
+    with rasterio.open(href) as src:
+        return src.read(1)
+
+
+def test_readme_has_the_recipes():
+    assert set(recipes()) == {"odc-stac", "stackstac", "rasterio (or gdalinfo", "STAC API api"}
+
+
+def check_static(out: Path) -> None:
+    ns = run(["odc-stac"], {'"munich/catalog.json"': repr(f"{out}/catalog.json")})
+    expected = cog(ns["items"][0].assets["B04"].get_absolute_href())
+    assert ns["red"].shape == expected.shape and np.array_equal(ns["red"], expected)
+    ns = run(["stackstac", "rasterio (or gdalinfo"], {'Path("munich")': f"Path({str(out)!r})"})
+    expected = cog(ns["docs"][0]["assets"]["B04"]["href"])
+    assert (expected > 0).any() and np.array_equal(ns["stack"].sel(band="B04").isel(time=0).values, expected)
+    assert np.array_equal(ns["red"], expected)  # the rasterio recipe
+
+
+def test_recipes_on_enhance_outputs(tmp_path):
+    package = M.load("default")
+    out = tmp_path / "munich"
+    items = demo.build_catalog(tmp_path / "source")
+    pipeline.enhance(items, demo.demo_preset(), demo.BBOX, out, package, LocalEngine(package), tile_size=128)
+    check_static(out)
+
+
+@pytest.fixture(scope="module")
+def sources(pgstac, blob_server):
+    yield from SC.loaded(pgstac, SC.make_scenes(blob_server, "earth-search", collection=COLLECTION))
+
+
+def batch(pgstac, output: str, publish: dict) -> None:
+    spec = J.from_dict({"name": "readers", "areas": [{"name": "a", "bbox": list(AOI)}], "catalog": "earth-search",
+                        "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": output,
+                        "publish": publish, "resources": {"tile_size": 64}})  # fmt: skip
+    package = M.load("default")
+    report = B.run(spec, resolve(spec.catalog, spec.collection, spec.bands, spec.stac_url), package, LocalEngine(package))
+    assert report.count("done") == 2, report.to_dict()["outcomes"]
+
+
+def test_recipes_on_a_static_batch(sources, pgstac, tmp_path):
+    out = tmp_path / "batch"
+    batch(pgstac, str(out), {"catalog": str(out)})
+    check_static(out)
+
+
+def test_recipe_on_a_stac_api_with_s3_outputs(sources, pgstac, s3, monkeypatch):  # noqa: F811
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    collection = f"{COLLECTION}-sr"
+    pgstac.delete_items(collection)
+    output = f"s3://{s3.bucket()}/readers"
+    batch(pgstac, output, {"api": pgstac.url})
+    ns = run(["STAC API api"], {'"https://stac.example.org"': repr(pgstac.url), '"sentinel-2-l2a-sr"': repr(collection)})
+    [item] = list(ns["search"].items_as_dicts())
+    href = item["assets"]["B04"]["href"]
+    assert href.startswith(output + "/")  # absolute hrefs in object storage
+    expected = cog(href)
+    assert (expected > 0).any() and np.array_equal(ns["red"], expected)
+    assert np.array_equal(ns["data"].B04.isel(time=0).values, expected)
