@@ -35,17 +35,17 @@ AOI = SC.world_bbox(172, 172, 236, 236)
 def recipes() -> dict[str, str]:
     """``{name: code}`` of README's recipe blocks."""
     blocks = re.findall(r"```python\n(# recipe: (.*?)\n.*?)```", README.read_text(), flags=re.S)
-    return {name.split(",")[0].strip() + (" api" if "STAC API" in name else ""): code for code, name in blocks}
+    return {re.split(r"[,(]", name)[0].strip(): code for code, name in blocks}
 
 
 def run(names: list[str], replacements: dict[str, str]) -> dict:
     """Run recipes one after the other in one namespace (later ones use earlier ones' variables)."""
     namespace: dict = {}
     found = recipes()
+    assert all(any(old in found[n] for n in names) for old in replacements), "a placeholder left README"
     for name in names:
         code = found[name]
         for old, new in replacements.items():
-            assert old in code, (name, old)
             code = code.replace(old, new)
         exec(compile(code, f"README recipe {name}", "exec"), namespace)
     return namespace
@@ -57,14 +57,14 @@ def cog(href: str) -> np.ndarray:
 
 
 def test_readme_has_the_recipes():
-    assert set(recipes()) == {"odc-stac", "stackstac", "rasterio (or gdalinfo", "STAC API api"}
+    assert set(recipes()) == {"odc-stac", "stackstac", "rasterio", "STAC API"}
 
 
 def check_static(out: Path) -> None:
     ns = run(["odc-stac"], {'"munich/catalog.json"': repr(f"{out}/catalog.json")})
     expected = cog(ns["items"][0].assets["B04"].get_absolute_href())
     assert ns["red"].shape == expected.shape and np.array_equal(ns["red"], expected)
-    ns = run(["stackstac", "rasterio (or gdalinfo"], {'Path("munich")': f"Path({str(out)!r})"})
+    ns = run(["stackstac", "rasterio"], {'Path("munich")': f"Path({str(out)!r})"})
     expected = cog(ns["docs"][0]["assets"]["B04"]["href"])
     assert (expected > 0).any() and np.array_equal(ns["stack"].sel(band="B04").isel(time=0).values, expected)
     assert np.array_equal(ns["red"], expected)  # the rasterio recipe
@@ -105,7 +105,7 @@ def test_recipe_on_a_stac_api_with_s3_outputs(sources, pgstac, s3, monkeypatch):
     pgstac.delete_items(collection)
     output = f"s3://{s3.bucket()}/readers"
     batch(pgstac, output, {"api": pgstac.url})
-    ns = run(["STAC API api"], {'"https://stac.example.org"': repr(pgstac.url), '"sentinel-2-l2a-sr"': repr(collection)})
+    ns = run(["STAC API"], {'"https://stac.example.org"': repr(pgstac.url), '"sentinel-2-l2a-sr"': repr(collection)})
     [item] = list(ns["search"].items_as_dicts())
     href = item["assets"]["B04"]["href"]
     assert href.startswith(output + "/")  # absolute hrefs in object storage
