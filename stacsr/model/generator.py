@@ -170,3 +170,29 @@ class Generator(nn.Module):
             features = stage(features)
         outputs.append(self._output(self.tail(features), x, self.config.scale))
         return outputs
+
+
+def clamp_consistent(y: Tensor, x: Tensor, factor: int, low: float = 1.0, high: float = 65535.0, rounds: int = 16,
+                     tolerance: float = 0.01) -> Tensor:  # fmt: skip
+    """``y`` clipped to ``[low, high]`` with the mean of each ``factor`` × ``factor`` block kept at its input
+    pixel ``x`` (clamped to the same range, so always reachable).
+
+    Clipping a consistent output (ringing below 1 DN beside a bright edge) changes its block means; what it
+    takes from a block is given back, in equal shares, to the block's pixels that are not at the bound in
+    that direction, and again until every block is within ``tolerance`` (water-filling: at most factor²
+    rounds). Blocks that nothing clipped are not changed. Each block is corrected on its own, so tiles stay
+    seam-free.
+    """
+    y = y.clamp(low, high)
+    target = x.clamp(low, high)
+    area = factor * factor
+    for _ in range(rounds):
+        deficit = target - F.avg_pool2d(y, factor)
+        deficit = torch.where(deficit.abs() > tolerance, deficit, 0.0)  # float noise is not a deficit
+        if not bool(deficit.any()):
+            break
+        up = F.interpolate(deficit, scale_factor=factor, mode="nearest")
+        free = torch.where(up > 0, y < high, y > low).to(y.dtype)
+        share = deficit * area / (F.avg_pool2d(free, factor) * area).clamp(min=1.0)
+        y = (y + F.interpolate(share, scale_factor=factor, mode="nearest") * free).clamp(low, high)
+    return y

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from stacsr.model.generator import Generator, GeneratorConfig
+from stacsr.model.generator import Generator, GeneratorConfig, clamp_consistent
 
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
@@ -167,10 +167,14 @@ class Predictor:
         # channels-last convolutions run 1.3–1.5× faster on this CPU (make bench) and suit GPUs too
         self.generator = copy.deepcopy(package.generator).to(self.device, memory_format=torch.channels_last).eval()
         self.scale = package.card.scale
+        self.consistent = package.card.config.consistent
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """``(N, bands, h, w)`` uint16 → ``(N, bands, h·scale, w·scale)`` uint16."""
         x = torch.from_numpy(batch.astype(np.float32, copy=False)).to(self.device, memory_format=torch.channels_last)
-        y = self.generator(x).round_().clamp_(1, 65535)
+        y = self.generator(x)
+        if self.consistent:  # clipping must not undo the block means the network made equal to the input
+            y = clamp_consistent(y, x, self.scale)
+        y = y.round_().clamp_(1, 65535)
         return y.to(torch.int32).cpu().numpy().astype(np.uint16)
