@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from stacsr.io.grid import Window
+from stacsr.io.grid import Window, crop_to_own
 from stacsr.io.source import ArraySource, Source
 
 BatchFn = Callable[[np.ndarray], np.ndarray]  # (N, bands, h, w) -> (N, bands, h·s, w·s)
@@ -63,7 +63,8 @@ def stitch(
     out = np.zeros((bands, shape[0] * scale, shape[1] * scale), dtype=dtype)
     for core, tile in results:
         if tile is not None:
-            out[(slice(None), *core.scale(scale).slices)] = tile
+            mine, part = crop_to_own(core, tile, scale)
+            out[(slice(None), *mine.scale(scale).slices)] = part
     return out
 
 

@@ -218,3 +218,17 @@ def test_pipeline_ray_engine_equals_local_engine(ray_local, package, whole_outpu
     finally:
         engine.close()
 
+
+
+@pytest.mark.parametrize("shape, tile_size", [((100, 37), 16), ((64, 64), 16), ((10, 300), 64), ((5, 5), 256)])
+def test_own_windows_write_every_pixel_exactly_once(shape, tile_size):
+    """Tiles overlap where the last one shifts back; each pixel still has one writer, whatever the order."""
+    from stacsr.io.grid import own
+
+    for origin in ((0, 0), (7, 3)):
+        count = np.zeros(shape, int)
+        for core in tiles.plan(shape, tile_size):
+            mine = own(core.shift(*origin), origin).shift(-origin[0], -origin[1])
+            assert mine.row >= core.row and mine.col >= core.col and mine.height > 0 and mine.width > 0
+            count[mine.slices] += 1
+        assert (count == 1).all()

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 
-__all__ = ["GeoBox", "Window", "item_grid", "aoi_window", "zoom_in", "from_rasterio", "epsg_of"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["GeoBox", "Window", "item_grid", "aoi_window", "zoom_in", "from_rasterio", "epsg_of", "own", "crop_to_own"]
 
 
 class GridError(ValueError):
@@ -53,6 +56,22 @@ class Window:
 
     def shift(self, drow: int, dcol: int) -> "Window":
         return Window(self.row + drow, self.col + dcol, self.height, self.width)
+
+
+def own(core: Window, origin: tuple[int, int] = (0, 0)) -> Window:
+    """The part of ``core`` that its tile writes: all of it, but for a last tile shifted back inside the area
+    (:func:`stacsr.tiles.plan`), only what its neighbour does not cover. Every pixel is then written by exactly one
+    tile, so the output does not depend on the order tiles finish in. ``origin``: the area's first pixel."""
+    row, col = core.row - origin[0], core.col - origin[1]
+    skip_r, skip_c = -row % core.height, -col % core.width  # to the next multiple of the tile size
+    return Window(core.row + skip_r, core.col + skip_c, core.height - skip_r, core.width - skip_c)
+
+
+def crop_to_own(core: Window, tile: "np.ndarray", scale: int, origin: tuple[int, int] = (0, 0)) -> tuple[Window, "np.ndarray"]:
+    """``(own window, the tile's output for it)`` of a core's output (``scale`` × finer)."""
+    mine = own(core, origin)
+    r, c = (mine.row - core.row) * scale, (mine.col - core.col) * scale
+    return mine, tile[:, r:, c:]
 
 
 def epsg_of(props: Mapping[str, Any]) -> int | None:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +30,7 @@ from rasterio.windows import Window as RioWindow
 from stacsr.io import store
 from stacsr.io.read import first_line
 from stacsr.redaction import redact
-from stacsr.io.grid import GeoBox, Window
+from stacsr.io.grid import GeoBox, Window, crop_to_own
 from stacsr.io.write import BLOCKSIZE, REFLECTANCE_SCALE, WriteError, cog_from_file, describe, raster_profile
 
 SCRATCH_ENV = "STACSR_SCRATCH"  # where intermediates go when outputs are remote (default: the system's temp)
@@ -129,6 +130,7 @@ class TileSink:
         self._folder: Path | None = None
         self._files: list[Path] = []
         self._datasets: list = []
+        self._lock = threading.Lock()  # a GDAL dataset is written by one thread at a time (a writer actor has several)
 
     def open(self) -> "TileSink":
         """Check the disk and create the intermediates (one per target)."""
@@ -149,9 +151,14 @@ class TileSink:
 
     def write(self, results: Sequence[tuple[Window, np.ndarray | None]]) -> int:
         """Write tile outputs (``None``: a tile with no valid pixel, left sparse = 0); returns how many."""
+        with self._lock:
+            return self._write(results)
+
+    def _write(self, results: Sequence[tuple[Window, np.ndarray | None]]) -> int:
         for core, tile in results:
             if tile is None:
                 continue
+            core, tile = crop_to_own(core, tile, self.spec.scale, self.spec.origin)
             w = self.spec.out_window(core)
             window = RioWindow(w.col, w.row, w.width, w.height)
             for target, dataset in zip(self.spec.targets, self._datasets):
@@ -167,7 +174,7 @@ class TileSink:
         process that holds the storage credentials — and then calls :meth:`abort` to drop the scratch."""
         done = False
         try:
-            with _naming(self.spec.targets[0]):
+            with self._lock, _naming(self.spec.targets[0]):
                 self._stack.close()
             if not self.valid:
                 return None
