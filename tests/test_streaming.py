@@ -162,3 +162,22 @@ def test_sr_engines_write_identical_files(ray_local, tmp_path):
     with rasterio.open(tmp_path / "local.tif") as a:
         assert np.array_equal(a.read(), whole)
     assert not list(tmp_path.glob(".stacsr-*"))  # the scratch folders are gone
+
+
+def test_scratch_goes_where_the_operator_says_and_is_removed(tmp_path, monkeypatch):
+    from stacsr.io.sink import SCRATCH_ENV, TileSink, scratch_folder
+
+    grid = GeoBox((64, 64), Affine(2.5, 0, 600000, 0, -2.5, 5300000), "EPSG:32632")
+    target = CogTarget(str(tmp_path / "out" / "x.tif"), (0,), ("B02",))
+    spec = SinkSpec(grid, (0, 0), 4, (target,))
+    assert scratch_folder(spec) == tmp_path  # beside a local output (its nearest existing folder)
+    remote = SinkSpec(grid, (0, 0), 4, (CogTarget("s3://bucket/x.tif", (0,), ("B02",)),))
+    monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "scratch"))
+    assert scratch_folder(remote) == scratch_folder(spec) == tmp_path / "scratch"
+    sink = TileSink(spec).open()
+    assert len(list((tmp_path / "scratch").glob(".stacsr-*/*.tif"))) == 1
+    sink.write([(Window(0, 0, 16, 16), np.full((1, 64, 64), 7, np.uint16))])
+    assert sink.finish() == {target.url: target.url}
+    assert not list((tmp_path / "scratch").iterdir())  # the intermediates are gone
+    with rasterio.open(target.url) as cog:
+        assert (cog.read(1) == 7).all() and cog.transform == grid.affine
