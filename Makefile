@@ -38,6 +38,8 @@ demo: install
 	$(VENV)/bin/stacsr demo --out demo
 
 test: install-test
+	$(VENV)/bin/ruff check stacsr tests jobs
+	$(VENV)/bin/ruff format --check stacsr tests jobs
 	$(PY) -m pytest -q
 
 faults: install-test

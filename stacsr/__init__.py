@@ -7,11 +7,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from stacsr.redaction import install_log_scrubbing
+import os as _os
+
+from stacsr.plumbing.redaction import install_log_scrubbing
 
 install_log_scrubbing()  # no token or key in any log record, whatever the level
 
-import os as _os
 
 # GDAL's block cache defaults to 5 % of RAM in every process that reads or writes rasters; stacsr's memory
 # is meant to be set by the tiles in flight, so the cache is bounded (MB) unless the operator says otherwise.

@@ -20,24 +20,29 @@ from odc.geo.geobox import GeoBox
 
 from stacsr.catalog.presets import COMMON_NAMES, PRESETS, S2_BANDS, no_signing
 from stacsr.io.write import write_cog
+from stacsr.plumbing import figures
+from stacsr.train.degrade import block_mean
 
 EPSG = 32632
 WORLD_ORIGIN = (680000.0, 5340000.0)  # upper-left corner of the synthetic ground, UTM 32N (near Munich)
 WORLD_PIXELS = 480  # 10 m pixels per side of the synthetic ground
 ITEM_PIXELS = 320  # 10 m pixels per side of each item
 # Land covers: reflectance × 10000 for B02, B03, B04, B08.
-COVERS = np.array([
-    [300, 600, 350, 3500],  # crop
-    [450, 750, 500, 2800],  # meadow
-    [900, 1200, 1500, 2300],  # bare soil
-    [400, 500, 300, 150],  # water
-    [1100, 1150, 1200, 1600],  # town
-], dtype=np.float32)  # fmt: skip
+COVERS = np.array(
+    [
+        [300, 600, 350, 3500],  # crop
+        [450, 750, 500, 2800],  # meadow
+        [900, 1200, 1500, 2300],  # bare soil
+        [400, 500, 300, 150],  # water
+        [1100, 1150, 1200, 1600],  # town
+    ],
+    dtype=np.float32,
+)
 ROAD = np.array([1300, 1300, 1300, 1500], dtype=np.float32)
 ITEMS = [  # id, datetime, tile, baseline, cloud cover, offset of the item in 10 m pixels
     ("S2A_MSIL2A_20210715T103031_R108_T32UPU_DEMO", "2021-07-15T10:30:31Z", "32UPU", "03.01", 4.2, (0, 0)),
     ("S2B_MSIL2A_20240712T102559_R108_T32UQU_DEMO", "2024-07-12T10:25:59Z", "32UQU", "05.10", 1.5, (160, 160)),
-]  # fmt: skip
+]
 # Demo AOI (lon/lat): about 2.8 × 2.6 km across the overlap of both items.
 BBOX = (11.4337, 48.1515, 11.4723, 48.1740)
 
@@ -65,21 +70,20 @@ def ground(seed: int = 7, scale: int = 4) -> np.ndarray:
                 roads[r0 + cut : r0 + cut + width, c0:c1] = True
             else:
                 roads[r0:r1, c0 + cut : c0 + cut + width] = True
-        stack += [(r0, c0, r0 + cut, c1), (r0 + cut, c0, r1, c1)] if axis == 0 else [
-            (r0, c0, r1, c0 + cut), (r0, c0 + cut, r1, c1)]  # fmt: skip
+        stack += (
+            [(r0, c0, r0 + cut, c1), (r0 + cut, c0, r1, c1)]
+            if axis == 0
+            else [(r0, c0, r1, c0 + cut), (r0, c0 + cut, r1, c1)]
+        )
     image = COVERS[cover].transpose(2, 0, 1) * bright
     image[:, roads] = ROAD[:, None]
     image *= 1 + 0.04 * rng.standard_normal((1, n, n)).astype(np.float32)
     return np.clip(image, 1, 10000)
 
 
-def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor`` × ``factor`` blocks of a ``(bands, rows, cols)`` array."""
-    b, h, w = image.shape
-    return image.reshape(b, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
-
-
-def build_catalog(folder: str | Path, style: str = "planetary-computer", href_base: str | None = None) -> list[dict[str, Any]]:
+def build_catalog(
+    folder: str | Path, style: str = "planetary-computer", href_base: str | None = None
+) -> list[dict[str, Any]]:
     """Write the demo COGs under ``folder`` and return the item dicts (hrefs: paths, or ``href_base``/…)."""
     folder = Path(folder)
     world = block_mean(ground(), 4)
@@ -92,9 +96,13 @@ def build_catalog(folder: str | Path, style: str = "planetary-computer", href_ba
         grid10 = GeoBox((ITEM_PIXELS, ITEM_PIXELS), transform, f"EPSG:{EPSG}")
         grid20 = GeoBox((ITEM_PIXELS // 2, ITEM_PIXELS // 2), transform @ Affine.scale(2), f"EPSG:{EPSG}")
         scl = np.where(block_mean(dn.astype(np.float32), 2)[0] == 0, 0, 4).astype(np.uint8)
-        files = {b: write_cog(folder / item_id / f"{b}.tif", dn[i], grid10, [b], scale=None) for i, b in enumerate(S2_BANDS)}
+        files = {
+            b: write_cog(folder / item_id / f"{b}.tif", dn[i], grid10, [b], scale=None) for i, b in enumerate(S2_BANDS)
+        }
         files["SCL"] = write_cog(folder / item_id / "SCL.tif", scl, grid20, ["SCL"], scale=None)
-        href = (lambda p: f"{href_base}/{p.relative_to(folder).as_posix()}") if href_base else (lambda p: str(p.resolve()))
+        href = (
+            (lambda p: f"{href_base}/{p.relative_to(folder).as_posix()}") if href_base else (lambda p: str(p.resolve()))
+        )
         item = _pc_item(item_id, when, tile, baseline, cloud, grid10, grid20, {k: href(p) for k, p in files.items()})
         items.append(_earth_search_style(item) if style == "earth-search" else item)
     return items
@@ -107,24 +115,38 @@ def _pc_item(item_id, when, tile, baseline, cloud, grid10, grid20, hrefs) -> dic
         grid = grid20 if key == "SCL" else grid10
         band = {"name": key, **({"common_name": COMMON_NAMES[key]} if key in COMMON_NAMES else {})}
         assets[key] = {
-            "href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"],
-            "gsd": abs(grid.affine.a), "eo:bands": [band], "proj:shape": list(grid.shape.yx),
+            "href": href,
+            "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "roles": ["data"],
+            "gsd": abs(grid.affine.a),
+            "eo:bands": [band],
+            "proj:shape": list(grid.shape.yx),
             "proj:transform": list(grid.affine)[:6],
-        }  # fmt: skip
+        }
     return {
-        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": "sentinel-2-l2a",
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "collection": "sentinel-2-l2a",
         "stac_extensions": [
             "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
             "https://stac-extensions.github.io/projection/v1.0.0/schema.json",
         ],
-        "geometry": geom.json, "bbox": list(geom.boundingbox),
+        "geometry": geom.json,
+        "bbox": list(geom.boundingbox),
         "properties": {
-            "datetime": when, "platform": f"Sentinel-2{item_id[2]}", "constellation": "Sentinel 2",
-            "instruments": ["msi"], "eo:cloud_cover": cloud, "s2:mgrs_tile": tile,
-            "s2:processing_baseline": baseline, "proj:epsg": EPSG,
+            "datetime": when,
+            "platform": f"Sentinel-2{item_id[2]}",
+            "constellation": "Sentinel 2",
+            "instruments": ["msi"],
+            "eo:cloud_cover": cloud,
+            "s2:mgrs_tile": tile,
+            "s2:processing_baseline": baseline,
+            "proj:epsg": EPSG,
         },
-        "assets": assets, "links": [],
-    }  # fmt: skip
+        "assets": assets,
+        "links": [],
+    }
 
 
 def _earth_search_style(item: dict[str, Any]) -> dict[str, Any]:
@@ -132,16 +154,29 @@ def _earth_search_style(item: dict[str, Any]) -> dict[str, Any]:
     props = dict(item["properties"])
     tile, baseline = props.pop("s2:mgrs_tile"), props["s2:processing_baseline"]
     del props["proj:epsg"]
-    props.update({"proj:code": f"EPSG:{EPSG}", "grid:code": f"MGRS-{tile}",
-                  "earthsearch:boa_offset_applied": baseline >= "04.00"})  # fmt: skip
+    props.update(
+        {
+            "proj:code": f"EPSG:{EPSG}",
+            "grid:code": f"MGRS-{tile}",
+            "earthsearch:boa_offset_applied": baseline >= "04.00",
+        }
+    )
     assets = {}
     for key, asset in item["assets"].items():
         new_key = COMMON_NAMES.get(key, key.lower())
         offset = -0.1 if (baseline >= "04.00" and key != "SCL") else 0.0
         scale = 0.0001 if key != "SCL" else 1.0
-        assets[new_key] = {**asset, "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": scale, "offset": offset}]}
-    return {**item, "properties": props, "assets": assets, "stac_version": "1.1.0",
-            "stac_extensions": item["stac_extensions"] + ["https://stac-extensions.github.io/raster/v1.1.0/schema.json"]}  # fmt: skip
+        assets[new_key] = {
+            **asset,
+            "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": scale, "offset": offset}],
+        }
+    return {
+        **item,
+        "properties": props,
+        "assets": assets,
+        "stac_version": "1.1.0",
+        "stac_extensions": item["stac_extensions"] + ["https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
+    }
 
 
 def demo_preset():
@@ -150,19 +185,12 @@ def demo_preset():
 
 
 def side_by_side(path: str | Path, lr: np.ndarray, sr: np.ndarray, scale: int) -> Path:
-    """PNG of input (nearest) | bicubic | stacsr, RGB (B04, B03, B02) with a 2–98 % stretch."""
+    """PNG of input (nearest) | bicubic | stacsr, RGB stretched on the input."""
     import torch
-    from PIL import Image
     from torch.nn import functional as F
 
-    near = np.repeat(np.repeat(lr, scale, axis=1), scale, axis=2)
     bic = F.interpolate(torch.from_numpy(lr[None].astype(np.float32)), scale_factor=scale, mode="bicubic")[0].numpy()
-    rgb = [x[[2, 1, 0]].astype(np.float32) for x in (near, bic, sr)]
-    lo, hi = np.percentile(rgb[0][rgb[0] > 0], [2, 98])
-    panels = [np.clip((x - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0) for x in rgb]
-    gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
-    Image.fromarray(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)).save(path)
-    return Path(path)
+    return figures.save_png(path, [figures.upsample_nearest(lr, scale), bic, sr], S2_BANDS, reference=0)
 
 
 def run(out: str | Path, package, engine, tile_size: int, progress=None):

@@ -23,16 +23,16 @@ import numpy as np
 
 from stacsr import tiles
 from stacsr.catalog import publish, radiometry
-from stacsr.catalog.items import build_item, output_names
+from stacsr.catalog.items import ModelRef, build_item, output_names
 from stacsr.catalog.presets import Preset
 from stacsr.engine import Engine, LocalEngine, RayEngine
-from stacsr.io import grid as G
-from stacsr.io import store
-from stacsr.io.grid import Window
+from stacsr.io.grid import GeoBox, GridError, Window, area_km2, crop, zoom_in
+from stacsr.io.grid import item_window as grid_item_window
 from stacsr.io.sink import CogTarget, SinkSpec
 from stacsr.io.source import ArraySource, Band, RasterSource, Source, file_source
 from stacsr.model.package import ModelPackage
-from stacsr.redaction import redact
+from stacsr.plumbing import storage
+from stacsr.plumbing.redaction import redact
 
 if TYPE_CHECKING:
     import pystac
@@ -59,13 +59,13 @@ class Job:
 
     item: dict[str, Any]
     assets: list[str]
-    item_grid: G.GeoBox
+    item_grid: GeoBox
     window: Window
 
     @property
-    def grid(self) -> G.GeoBox:
+    def grid(self) -> GeoBox:
         """The AOI window's grid (10 m)."""
-        return G.crop(self.item_grid, self.window)
+        return crop(self.item_grid, self.window)
 
 
 @dataclass
@@ -98,9 +98,12 @@ def make_engine(
 
 
 def super_resolve(
-    image: np.ndarray, package: ModelPackage, engine: Engine, tile_size: int = DEFAULT_TILE_SIZE,
+    image: np.ndarray,
+    package: ModelPackage,
+    engine: Engine,
+    tile_size: int = DEFAULT_TILE_SIZE,
     progress: Progress | None = None,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Seam-free tiled super-resolution of an in-memory uint16 ``(bands, rows, cols)`` image (small images:
     evaluation, tests); nodata (0) propagated. Whole items go through :func:`run_item` instead."""
     check_band_count(image.shape[0], package)
@@ -113,6 +116,23 @@ def super_resolve(
             yield result
 
     return tiles.stitch(counted(), image.shape[1:], image.shape[0], package.card.scale)
+
+
+def model_ref(package: ModelPackage, root: str | Path | None = None) -> ModelRef:
+    """The catalogue's reference to ``package``; with ``root``, it names the MLM item that
+    :func:`stacsr.catalog.publish.publish_model` publishes there (when the package has one)."""
+    card = package.card
+    item_href = publish.model_item_href(package.folder, root) if root is not None else None
+    return ModelRef(
+        card.name,
+        card.version,
+        package.sha256,
+        tuple(card.bands),
+        tuple(card.common_names),
+        card.scale,
+        card.gsd_in,
+        item_href,
+    )
 
 
 def check_band_count(bands: int, package: ModelPackage) -> None:
@@ -154,21 +174,20 @@ def check_asset_hrefs(item: dict[str, Any], keys: Sequence[str], preset: Preset)
         href = str(item["assets"][key].get("href", ""))
         scheme = href.split("://", 1)[0].lower() if "://" in href else "file"
         if scheme not in REMOTE_SCHEMES and not (preset.local_assets and scheme == "file"):
-            raise InputError(f"item {item.get('id')}: asset {key} is {'a local file' if scheme == 'file' else scheme + '://'} "
-                             f"({redact(href)}); stacsr reads only {', '.join(s + '://' for s in REMOTE_SCHEMES)} "
-                             "assets from a catalogue unless told it is local")  # fmt: skip
+            raise InputError(
+                f"item {item.get('id')}: asset {key} is {'a local file' if scheme == 'file' else scheme + '://'} "
+                f"({redact(href)}); stacsr reads only {', '.join(s + '://' for s in REMOTE_SCHEMES)} "
+                "assets from a catalogue unless told it is local"
+            )
 
 
-def item_window(item: dict[str, Any], keys: Sequence[str], bbox) -> tuple[G.GeoBox, G.Window]:
-    """The item's native grid (of ``keys[0]``) and the AOI's window on it, once the assets are known present."""
-    missing = [k for k in keys if k not in item.get("assets", {})]
-    if missing:
-        raise InputError(f"item {item.get('id')} has no asset {', '.join(missing)} (needed for the model's bands)")
+def item_window(item: dict[str, Any], keys: Sequence[str], bbox) -> tuple[GeoBox, Window]:
+    """The item's native grid (of ``keys[0]``) and the AOI's window on it (:func:`stacsr.io.grid.item_window`),
+    refused with :class:`InputError`."""
     try:
-        grid = G.item_grid(item, keys[0])
-        return grid, G.aoi_window(grid, bbox)
-    except G.GridError as e:
-        raise InputError(f"item {item.get('id')}: {e}") from None
+        return grid_item_window(item, keys, bbox)
+    except GridError as e:
+        raise InputError(str(e)) from None
 
 
 def item_source(job: Job, preset: Preset) -> RasterSource:
@@ -184,16 +203,22 @@ def read_job(job: Job, preset: Preset) -> np.ndarray:
 
 
 def run_item(
-    source: Source, window: Window, targets: Sequence[CogTarget], package: ModelPackage, engine: Engine,
-    tile_size: int = DEFAULT_TILE_SIZE, compress: str = "deflate", progress: Progress | None = None,
+    source: Source,
+    window: Window,
+    targets: Sequence[CogTarget],
+    package: ModelPackage,
+    engine: Engine,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    compress: str = "deflate",
+    progress: Progress | None = None,
     label: str = "",
-) -> dict[str, str] | None:  # fmt: skip
+) -> dict[str, str] | None:
     """Super-resolve ``window`` of ``source`` into the COGs ``targets``, tile by tile through the engine's sink;
     returns ``{url: href}``, or None when the window holds no valid pixel (nothing is written then)."""
     check_band_count(source.bands, package)
     scale = package.card.scale
     cores = [c.shift(window.row, window.col) for c in tiles.plan(window.shape, tile_size)]
-    grid = G.zoom_in(G.crop(source.grid, window), scale)
+    grid = zoom_in(crop(source.grid, window), scale)
     sink = SinkSpec(grid, (window.row, window.col), scale, tuple(targets), compress)
     (progress or Progress()).item(label, len(cores))
     return engine.run(source, cores, package.receptive_radius, sink, progress)
@@ -202,9 +227,12 @@ def run_item(
 def band_targets(root: str | Path, collection_id: str, item_id: str, bands: Sequence[str]) -> list[CogTarget]:
     """One COG per band at ``<root>/<collection>/<item>/<item>_<band>.tif`` (a local path made absolute, or
     an object-storage URL)."""
-    folder = store.join(str(root), collection_id, item_id) if store.is_remote(str(root)) \
-        else str(publish.item_folder(Path(root).absolute(), collection_id, item_id))  # fmt: skip
-    return [CogTarget(store.join(folder, f"{item_id}_{band}.tif"), (i,), (band,)) for i, band in enumerate(bands)]
+    folder = (
+        storage.join(str(root), collection_id, item_id)
+        if storage.is_remote(str(root))
+        else str(publish.item_folder(Path(root).absolute(), collection_id, item_id))
+    )
+    return [CogTarget(storage.join(folder, f"{item_id}_{band}.tif"), (i,), (band,)) for i, band in enumerate(bands)]
 
 
 @dataclass
@@ -218,20 +246,33 @@ class ItemResult:
 
 
 def process_item(
-    job: Job, preset: Preset, root: str | Path, collection_id: str, item_id: str, package: ModelPackage,
-    engine: Engine, tile_size: int = DEFAULT_TILE_SIZE, compress: str = "deflate", progress: Progress | None = None,
-) -> ItemResult:  # fmt: skip
-    """Super-resolve one item's AOI into one COG per band under ``root`` and build its STAC item."""
+    job: Job,
+    preset: Preset,
+    root: str | Path,
+    collection_id: str,
+    item_id: str,
+    package: ModelPackage,
+    engine: Engine,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    compress: str = "deflate",
+    progress: Progress | None = None,
+    model: ModelRef | None = None,
+) -> ItemResult:
+    """Super-resolve one item's AOI into one COG per band under ``root`` and build its STAC item (which
+    names ``model``, by default ``model_ref(package, root)``)."""
     targets = band_targets(root, collection_id, item_id, package.card.bands)
     check_outputs_spare_sources(job, targets)
-    hrefs = run_item(item_source(job, preset), job.window, targets, package, engine, tile_size, compress, progress,
-                     job.item["id"])  # fmt: skip
-    grid = G.zoom_in(job.grid, package.card.scale)
-    result = ItemResult(None, len(tiles.plan(job.window.shape, tile_size)), int(np.prod(grid.shape.yx)),
-                        G.area_km2(job.grid))  # fmt: skip
+    hrefs = run_item(
+        item_source(job, preset), job.window, targets, package, engine, tile_size, compress, progress, job.item["id"]
+    )
+    grid = zoom_in(job.grid, package.card.scale)
+    result = ItemResult(
+        None, len(tiles.plan(job.window.shape, tile_size)), int(np.prod(grid.shape.yx)), area_km2(job.grid)
+    )
     if hrefs is not None:
         files = {t.descriptions[0]: hrefs[t.url] for t in targets}
-        result.item = build_item(job.item, grid, files, package, item_id, source_href=self_href(job.item))
+        model = model or model_ref(package, root)
+        result.item = build_item(job.item, grid, files, model, item_id, source_href=self_href(job.item))
     return result
 
 
@@ -257,13 +298,18 @@ def enhance(
     created = not Path(out).exists()
     out = check_writable(out)
     report, start = Report(), time.perf_counter()
+    model = model_ref(package, out)
     for job in jobs:
         collection_id, item_id = output_names(job.item)
-        done = process_item(job, preset, out, collection_id, item_id, package, engine, tile_size, compress, progress)
+        done = process_item(
+            job, preset, out, collection_id, item_id, package, engine, tile_size, compress, progress, model
+        )
         if done.item is None:
             report.skipped.append(job.item["id"])
             continue
-        report.catalog = publish.publish_static(out, [done.item], collection_id, package, job.item.get("collection"))
+        if not report.items:
+            publish.publish_model(package.folder, out)
+        report.catalog = publish.publish_static(out, [done.item], collection_id, model, job.item.get("collection"))
         report.items.append(done.item.id)
         report.km2 += done.km2
         report.output_pixels += done.output_pixels
@@ -290,12 +336,17 @@ def check_not_input(src: str, dst: str | Path) -> None:
 
 def check_outputs_spare_sources(job: Job, targets: Sequence[CogTarget]) -> None:
     """Refuse to write an item's COG over one of its own source assets (a local catalogue under the output)."""
-    sources = {str(Path(job.item["assets"][k]["href"].removeprefix("file://")).resolve()) for k in job.assets
-               if "://" not in job.item["assets"][k]["href"].removeprefix("file://")}  # fmt: skip
+    sources = {
+        str(Path(job.item["assets"][k]["href"].removeprefix("file://")).resolve())
+        for k in job.assets
+        if "://" not in job.item["assets"][k]["href"].removeprefix("file://")
+    }
     for t in targets:
-        if not store.is_remote(t.url) and str(Path(t.url).resolve()) in sources:
-            raise InputError(f"item {job.item.get('id')}: its output {t.url} would replace its source asset; "
-                             "choose another output folder")  # fmt: skip
+        if not storage.is_remote(t.url) and str(Path(t.url).resolve()) in sources:
+            raise InputError(
+                f"item {job.item.get('id')}: its output {t.url} would replace its source asset; "
+                "choose another output folder"
+            )
 
 
 def self_href(item: dict[str, Any]) -> str | None:
@@ -304,9 +355,14 @@ def self_href(item: dict[str, Any]) -> str | None:
 
 
 def sr_file(
-    src: str, dst: str | Path, package: ModelPackage, engine: Engine, tile_size: int = DEFAULT_TILE_SIZE,
-    compress: str = "deflate", progress: Progress | None = None,
-) -> Report:  # fmt: skip
+    src: str,
+    dst: str | Path,
+    package: ModelPackage,
+    engine: Engine,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    compress: str = "deflate",
+    progress: Progress | None = None,
+) -> Report:
     """Super-resolve one GeoTIFF (bands in the model's order, reflectance × 10000) into a multi-band COG."""
     start = time.perf_counter()
     dst = Path(dst)
@@ -317,9 +373,14 @@ def sr_file(
     names = tuple(d or b for d, b in zip(descriptions, package.card.bands))
     target = CogTarget(str(dst.absolute()), tuple(range(source.bands)), names)
     window = Window(0, 0, *source.shape)
-    if run_item(source, window, [target], package, engine, tile_size, compress, progress, os.path.basename(src)) is None:
+    if (
+        run_item(source, window, [target], package, engine, tile_size, compress, progress, os.path.basename(src))
+        is None
+    ):
         raise InputError(f"{src} is all nodata (0)")
     return Report(
-        items=[str(dst)], km2=G.area_km2(source.grid), output_pixels=int(np.prod(source.shape)) * package.card.scale**2,
+        items=[str(dst)],
+        km2=area_km2(source.grid),
+        output_pixels=int(np.prod(source.shape)) * package.card.scale**2,
         seconds=time.perf_counter() - start,
-    )  # fmt: skip
+    )

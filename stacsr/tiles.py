@@ -39,8 +39,9 @@ def _starts(length: int, size: int) -> list[int]:
     return starts
 
 
-def run_tiles(fn: BatchFn, source: Source, cores: Sequence[Window], halo: int, scale: int
-              ) -> list[tuple[Window, np.ndarray | None]]:  # fmt: skip
+def run_tiles(
+    fn: BatchFn, source: Source, cores: Sequence[Window], halo: int, scale: int
+) -> list[tuple[Window, np.ndarray | None]]:
     """Read the halo'd tiles of ``cores`` (same shape) from ``source`` and return each core's output, nodata
     (0 in any input band) propagated to its ``scale`` × ``scale`` block; ``None`` for a tile with no valid pixel."""
     inputs = source.read([c.pad(halo) for c in cores])

@@ -81,7 +81,11 @@ def main() -> None:
     chunk_speed = {}
     for chunk in (64, 128, 256, 512):
         cores = tiles.plan(image.shape[1:], chunk)
-        seconds = best_of(lambda: [predict(image[None, :, c.row : c.row + c.height, c.col : c.col + c.width]) for c in cores])
+        seconds = best_of(
+            lambda cores=cores: [
+                predict(image[None, :, c.row : c.row + c.height, c.col : c.col + c.width]) for c in cores
+            ]
+        )
         chunk_speed[chunk] = out_pixels / seconds
         print(f"limit  chunk {chunk:4d}: {chunk_speed[chunk]:12,.0f} px/s", flush=True)
     best_chunk = max(chunk_speed, key=chunk_speed.get)
@@ -101,7 +105,18 @@ def main() -> None:
 
     ray.shutdown()
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "stacsr.cli", "sr", str(src), str(work / "cli.tif"), "--tile-size", str(tile_size), "--model", args.model]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stacsr.cli",
+        "sr",
+        str(src),
+        str(work / "cli.tif"),
+        "--tile-size",
+        str(tile_size),
+        "--model",
+        args.model,
+    ]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "COLUMNS": "100"})
     figures["cli_seconds"] = round(time.perf_counter() - start, 2)
     print(f"cli    stacsr sr, cold:        {figures['cli_seconds']:12} s", flush=True)

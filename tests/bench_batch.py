@@ -49,10 +49,18 @@ def load_items(pgstac, blob, copies: int) -> list[float]:
 
 
 def spec(pgstac, out: Path, name: str, limit: int | None = None, in_flight: int = 2) -> dict:
-    return {"name": name, "areas": [{"name": "all", "bbox": BBOX}], "catalog": "earth-search",
-            "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "limit": limit,
-            "output": str(out), "publish": {"catalog": str(out)},
-            "resources": {"tile_size": 128, "items_in_flight": in_flight}}  # fmt: skip
+    return {
+        "name": name,
+        "areas": [{"name": "all", "bbox": BBOX}],
+        "catalog": "earth-search",
+        "stac_url": pgstac.url,
+        "collection": COLLECTION,
+        "best_per_tile": False,
+        "limit": limit,
+        "output": str(out),
+        "publish": {"catalog": str(out)},
+        "resources": {"tile_size": 128, "items_in_flight": in_flight},
+    }
 
 
 def throughput(pgstac, work: Path, actors: int) -> dict:
@@ -72,8 +80,12 @@ def throughput(pgstac, work: Path, actors: int) -> dict:
     finally:
         engine.close()
     assert report["ok"], report
-    return {"items": report["items"]["done"], "tiles": report["tiles"], "seconds": report["seconds"],
-            "tiles_per_second": report["tiles_per_second"]}  # fmt: skip
+    return {
+        "items": report["items"]["done"],
+        "tiles": report["tiles"],
+        "seconds": report["seconds"],
+        "tiles_per_second": report["tiles_per_second"],
+    }
 
 
 def _tree_rss(pid: int) -> tuple[int, int]:
@@ -101,8 +113,12 @@ def memory(pgstac, work: Path, items: int) -> dict:
     path = work / f"mem-{items}.yaml"
     path.write_text(yaml.safe_dump(spec(pgstac, work / f"mem-{items}", f"mem{items}", limit=items)))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "stacsr.cli", "batch", str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stacsr.cli", "batch", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     peak = [0, 0]
     done = threading.Event()
 
@@ -140,14 +156,22 @@ def main() -> None:
         one = throughput(pgstac, work, 1)
         two = throughput(pgstac, work, 2)
         ray.shutdown()
-        figures.update(one_actor=one, two_actors=two, speedup=round(two["tiles_per_second"] / one["tiles_per_second"], 2))
-        print(f"batch  1 actor : {one['tiles_per_second']:6.2f} tiles/s ({one['items']} items, {one['tiles']} tiles)", flush=True)
+        figures.update(
+            one_actor=one, two_actors=two, speedup=round(two["tiles_per_second"] / one["tiles_per_second"], 2)
+        )
+        print(
+            f"batch  1 actor : {one['tiles_per_second']:6.2f} tiles/s ({one['items']} items, {one['tiles']} tiles)",
+            flush=True,
+        )
         print(f"batch  2 actors: {two['tiles_per_second']:6.2f} tiles/s  speedup {figures['speedup']}", flush=True)
         n = max(3, args.items // 2)
         BBOX[:] = load_items(pgstac, blob, n)  # 2n items searchable
         figures["memory"] = [memory(pgstac, work, n), memory(pgstac, work, 2 * n)]
         for m in figures["memory"]:
-            print(f"memory {m['items']:2d} items: driver {m['driver_peak_mib']} MiB, with Ray {m['tree_peak_mib']} MiB", flush=True)
+            print(
+                f"memory {m['items']:2d} items: driver {m['driver_peak_mib']} MiB, with Ray {m['tree_peak_mib']} MiB",
+                flush=True,
+            )
     finally:
         blob.stop()
         pgstac.stop()

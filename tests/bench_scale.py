@@ -34,8 +34,13 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 STRIP = 1024
 
 
-ROLES = (("tile actor", "ray::_TileWorker"), ("writer", "ray::_Writer"), ("ray", "ray"), ("ray", "gcs_server"),
-         ("ray", "raylet"))  # fmt: skip
+ROLES = (
+    ("tile actor", "ray::_TileWorker"),
+    ("writer", "ray::_Writer"),
+    ("ray", "ray"),
+    ("ray", "gcs_server"),
+    ("ray", "raylet"),
+)
 
 
 def tree_rss(root: int) -> dict[int, tuple[int, str]]:
@@ -68,8 +73,9 @@ def run_sampled(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Complet
     """Run ``cmd``; return its result, the peak RSS of its process tree (sum over processes, sampled every
     0.2 s), the peak RSS of the largest process of each role, the peak of each role's sum, and its wall time."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     peak, roles, totals = 0, {}, {}
     stop = threading.Event()
 
@@ -106,9 +112,21 @@ def make_input(path: Path, size: int) -> Path:
         return path
     world = np.rint(block_mean(ground(seed=3), 4)).astype(np.uint16)  # 480 × 480
     tmp = path.with_suffix(".strips.tif")
-    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32632", nodata=0,
-                   transform=Affine(10, 0, 600000, 0, -10, 5300000), tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", bigtiff="IF_SAFER")  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        nodata=0,
+        transform=Affine(10, 0, 600000, 0, -10, 5300000),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        bigtiff="IF_SAFER",
+    )
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.descriptions = ("B02", "B03", "B04", "B08")
         for row in range(0, size, STRIP):
@@ -131,10 +149,17 @@ def measure(src: Path, size: int, mode: str, work: Path, tile_size: int | None) 
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
     px_s = float(re.search(r"output pixels/s\s+([\d,]+)", result.stderr)[1].replace(",", ""))
     out.unlink()
-    return {"size": size, "mode": mode, "output_px": (4 * size) ** 2, "peak_rss_gb": round(peak / 1e9, 2),
-            "px_s": round(px_s), "wall_s": round(wall, 1), "cpus": os.cpu_count(),
-            "largest_process_gb": {role: round(rss / 1e9, 2) for role, rss in sorted(roles.items())},
-            "role_total_gb": {role: round(rss / 1e9, 2) for role, rss in sorted(totals.items())}}  # fmt: skip
+    return {
+        "size": size,
+        "mode": mode,
+        "output_px": (4 * size) ** 2,
+        "peak_rss_gb": round(peak / 1e9, 2),
+        "px_s": round(px_s),
+        "wall_s": round(wall, 1),
+        "cpus": os.cpu_count(),
+        "largest_process_gb": {role: round(rss / 1e9, 2) for role, rss in sorted(roles.items())},
+        "role_total_gb": {role: round(rss / 1e9, 2) for role, rss in sorted(totals.items())},
+    }
 
 
 def main() -> None:
@@ -158,8 +183,11 @@ def main() -> None:
     for mode in args.modes:
         a = next(r for r in rows if r["size"] == small and r["mode"] == mode)
         b = next(r for r in rows if r["size"] == large and r["mode"] == mode)
-        summary[mode] = {"rss_ratio": round(b["peak_rss_gb"] / a["peak_rss_gb"], 2),
-                         "px_s_ratio": round(b["px_s"] / a["px_s"], 2), "peak_rss_gb_large": b["peak_rss_gb"]}  # fmt: skip
+        summary[mode] = {
+            "rss_ratio": round(b["peak_rss_gb"] / a["peak_rss_gb"], 2),
+            "px_s_ratio": round(b["px_s"] / a["px_s"], 2),
+            "peak_rss_gb_large": b["peak_rss_gb"],
+        }
     print(json.dumps(summary))
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -62,15 +61,17 @@ def make_pairs(blob: Any, work: Path) -> tuple[Any, Any, Path]:
     import warnings
 
     from stacsr.catalog.presets import PRESETS
-    from stacsr.train import pairs as P
+    from stacsr.train import manifest as P
+    from stacsr.train import pairs_wald as W
     from tests.fixtures import scenes as SC
 
     scenes = SC.make_scenes(blob, "earth-search")
     preset = PRESETS["earth-search"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "fewer patches than asked" would only shrink the sample
-        table = P.build_wald_manifest(scenes.items, preset, SC.world_bbox(0, 0, 480, 480), PATCHES, PATCH, SCALE,
-                                      seed=1, min_valid=1.0)  # fmt: skip
+        table = W.build_wald_manifest(
+            scenes.items, preset, SC.world_bbox(0, 0, 480, 480), PATCHES, PATCH, SCALE, seed=1, min_valid=1.0
+        )
     path = Path(P.write_manifest(table, work / "pairs.parquet"))
     return table, preset, path
 
@@ -131,11 +132,18 @@ def run_plain(loop_config: dict[str, Any], lr: np.ndarray, hr: np.ndarray, threa
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with mock.patch.multiple(ray.train, get_context=lambda: ctx, get_checkpoint=lambda: None,
-                                 get_dataset_shard=lambda name: shard,
-                                 report=lambda metrics, checkpoint=None: reports.append(metrics)), \
-             mock.patch.multiple(ray.train.torch, get_device=lambda: torch.device("cpu"),
-                                 prepare_model=lambda model, **kw: model):  # fmt: skip
+        with (
+            mock.patch.multiple(
+                ray.train,
+                get_context=lambda: ctx,
+                get_checkpoint=lambda: None,
+                get_dataset_shard=lambda name: shard,
+                report=lambda metrics, checkpoint=None: reports.append(metrics),
+            ),
+            mock.patch.multiple(
+                ray.train.torch, get_device=lambda: torch.device("cpu"), prepare_model=lambda model, **kw: model
+            ),
+        ):
             train_loop_per_worker(loop_config)
     finally:
         torch.set_num_threads(previous)
@@ -213,12 +221,22 @@ def main() -> None:
         cache = work / "cache"
         fill, _ = read_all(rows, preset, cache)
         warm, _ = read_all(rows, preset, cache)
-        figures.update(patches=n, patch_px=PATCH, scale=SCALE, bands=len(rows[0]["bands"]),
-                       patches_per_s=round(n / seconds, 1), http_requests=len(requests),
-                       range_requests=sum(1 for r in requests if r.range),
-                       cache_fill_patches_per_s=round(n / fill, 1), cached_patches_per_s=round(n / warm, 1))  # fmt: skip
-        print(f"reads   remote, no cache:   {n / seconds:10.1f} patches/s ({n} × {PATCH} px, "
-              f"{figures['http_requests']} HTTP requests, {figures['range_requests']} with Range)", flush=True)  # fmt: skip
+        figures.update(
+            patches=n,
+            patch_px=PATCH,
+            scale=SCALE,
+            bands=len(rows[0]["bands"]),
+            patches_per_s=round(n / seconds, 1),
+            http_requests=len(requests),
+            range_requests=sum(1 for r in requests if r.range),
+            cache_fill_patches_per_s=round(n / fill, 1),
+            cached_patches_per_s=round(n / warm, 1),
+        )
+        print(
+            f"reads   remote, no cache:   {n / seconds:10.1f} patches/s ({n} × {PATCH} px, "
+            f"{figures['http_requests']} HTTP requests, {figures['range_requests']} with Range)",
+            flush=True,
+        )
         print(f"reads   cache fill:         {n / fill:10.1f} patches/s", flush=True)
         print(f"reads   cache warm:         {n / warm:10.1f} patches/s", flush=True)
         lr = np.stack([p[0] for p in pairs]).astype(np.float32)
@@ -226,12 +244,23 @@ def main() -> None:
 
         # the loop's inputs, as stacsr.train.trainer.train builds them
         cfg, _, card, _ = T.prepare(manifest, "bench", from_dict(_config(args.steps)), 1)
-        loop_config = lambda name, storage: {"config": cfg.to_dict(), "card": card.to_dict(),  # noqa: E731
-                                             "storage": str(storage), "name": name, "storage_filesystem": None,
-                                             "init_card": None, "init_weights": None}  # fmt: skip
-        figures.update(generator=f"{cfg.generator.blocks} blocks x {cfg.generator.features} features x{cfg.generator.scale}",
-                       discriminator=f"{cfg.discriminator.features}..{cfg.discriminator.max_features} features",
-                       batch=cfg.batch_size, hr_px=PATCH, steps=args.steps, timed_steps=args.steps - args.warmup)  # fmt: skip
+        loop_config = lambda name, storage: {  # noqa: E731
+            "config": cfg.to_dict(),
+            "card": card.to_dict(),
+            "storage": str(storage),
+            "name": name,
+            "storage_filesystem": None,
+            "init_card": None,
+            "init_weights": None,
+        }
+        figures.update(
+            generator=f"{cfg.generator.blocks} blocks x {cfg.generator.features} features x{cfg.generator.scale}",
+            discriminator=f"{cfg.discriminator.features}..{cfg.discriminator.max_features} features",
+            batch=cfg.batch_size,
+            hr_px=PATCH,
+            steps=args.steps,
+            timed_steps=args.steps - args.warmup,
+        )
 
         # 2. plain
         plain_storage = work / "plain"
@@ -245,9 +274,17 @@ def main() -> None:
         ray_storage = work / "ray"
         threads = run_ray(loop_config("ray", ray_storage), lr, hr, ray_storage)
         ray_speed, _ = tb_steps_per_s(ray_storage / "ray", args.warmup)
-        figures.update(ray_steps_per_s=round(ray_speed, 3), torch_threads=WORKER_CPUS, ray_worker_threads=threads,
-                       overhead=round(1 - ray_speed / plain, 3), overhead_target=0.10)  # fmt: skip
-        print(f"train   Ray Train, 1 worker: {ray_speed:9.3f} steps/s ({threads} torch thread(s) in the worker)", flush=True)
+        figures.update(
+            ray_steps_per_s=round(ray_speed, 3),
+            torch_threads=WORKER_CPUS,
+            ray_worker_threads=threads,
+            overhead=round(1 - ray_speed / plain, 3),
+            overhead_target=0.10,
+        )
+        print(
+            f"train   Ray Train, 1 worker: {ray_speed:9.3f} steps/s ({threads} torch thread(s) in the worker)",
+            flush=True,
+        )
         print(f"train   overhead 1 - ray/plain: {figures['overhead']:+.3f} (target <= 0.10)", flush=True)
         if threads != WORKER_CPUS:
             print(f"warning: the Ray worker ran {threads} torch threads, the plain loop {WORKER_CPUS}", flush=True)

@@ -79,10 +79,19 @@ def main(out: Path, stac_url: str, collection: str, bbox: list[float]) -> None:
     result["enhance_tiles_per_node"] = sorted(_per_node(engine.where()).values())
 
     def spec(name: str) -> J.JobSpec:
-        return J.from_dict({"name": name, "areas": [{"name": "overlap", "bbox": bbox}], "catalog": "earth-search",
-                            "stac_url": stac_url, "collection": collection, "best_per_tile": False,
-                            "output": str(out / name), "publish": {"catalog": str(out / name)},
-                            "resources": {"tile_size": 64, "items_in_flight": 2}})  # fmt: skip
+        return J.from_dict(
+            {
+                "name": name,
+                "areas": [{"name": "overlap", "bbox": bbox}],
+                "catalog": "earth-search",
+                "stac_url": stac_url,
+                "collection": collection,
+                "best_per_tile": False,
+                "output": str(out / name),
+                "publish": {"catalog": str(out / name)},
+                "resources": {"tile_size": 64, "items_in_flight": 2},
+            }
+        )
 
     before = _per_node(engine.where())
     job = spec("batch-ray")
@@ -95,7 +104,9 @@ def main(out: Path, stac_url: str, collection: str, bbox: list[float]) -> None:
     result["batch_tiles_per_node"] = sorted(after[n] - before.get(n, 0) for n in after)
 
     remover = RemoveNode(cluster, worker, after=4)
-    pipeline.enhance(items, preset, demo.BBOX, out / "enhance-lost-node", package, engine, tile_size=64, progress=remover)
+    pipeline.enhance(
+        items, preset, demo.BBOX, out / "enhance-lost-node", package, engine, tile_size=64, progress=remover
+    )
     result["node_removed"] = remover.removed
     result["lost_node_identical"] = identical(out / "enhance-lost-node", out / "enhance-local")
     result["nodes_after"] = len({n["NodeID"] for n in ray.nodes() if n["Alive"]})

@@ -42,8 +42,12 @@ BANDS = ("B02", "B03", "B04", "B08")
 
 
 def base_spec(**over) -> dict:
-    spec = {"name": "t", "areas": [{"name": "a", "bbox": [4.3, 50.8, 4.4, 50.9]}], "output": "out",
-            "publish": {"catalog": "out"}}  # fmt: skip
+    spec = {
+        "name": "t",
+        "areas": [{"name": "a", "bbox": [4.3, 50.8, 4.4, 50.9]}],
+        "output": "out",
+        "publish": {"catalog": "out"},
+    }
     spec.update(over)
     return spec
 
@@ -78,9 +82,17 @@ def test_spec_relative_window_geojson_and_examples(tmp_path):
     now = datetime(2026, 3, 10, 12, 0, 0, tzinfo=timezone.utc)
     assert J.resolve_datetime("last 7 days", now) == "2026-03-03T12:00:00Z/2026-03-10T12:00:00Z"
     assert J.resolve_datetime("last 2 weeks", now).startswith("2026-02-24T12:00:00Z/")
-    (tmp_path / "f.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [4.3, 50.8]}},
-        {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [4.5, 50.95]}}]}))  # fmt: skip
+    (tmp_path / "f.geojson").write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [4.3, 50.8]}},
+                    {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [4.5, 50.95]}},
+                ],
+            }
+        )
+    )
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(base_spec(areas=[{"name": "f", "geojson": "f.geojson"}])))
     spec = J.load(tmp_path / "job.yaml")
     assert J.area_bbox(spec.areas[0]) == (4.3, 50.8, 4.5, 50.95)
@@ -115,12 +127,20 @@ def job(sources, pgstac, s3, monkeypatch, tmp_path) -> J.JobSpec:  # noqa: F811
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     pgstac.delete_items(OUT_COLLECTION)
-    spec = J.from_dict({
-        "name": "demo-batch", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
-        "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "model": "default",
-        "output": f"s3://{s3.bucket()}/sr", "publish": {"api": pgstac.url, "collection": OUT_COLLECTION},
-        "resources": {"actors": 2, "tile_size": 64, "items_in_flight": 2},
-    })  # fmt: skip
+    spec = J.from_dict(
+        {
+            "name": "demo-batch",
+            "areas": [{"name": "overlap", "bbox": list(AOI)}],
+            "catalog": "earth-search",
+            "stac_url": pgstac.url,
+            "collection": COLLECTION,
+            "best_per_tile": False,
+            "model": "default",
+            "output": f"s3://{s3.bucket()}/sr",
+            "publish": {"api": pgstac.url, "collection": OUT_COLLECTION},
+            "resources": {"actors": 2, "tile_size": 64, "items_in_flight": 2},
+        }
+    )
     return spec
 
 
@@ -237,7 +257,9 @@ class KillingEngine:
 
 def test_actor_killed_mid_batch_costs_nothing(job, s3, pgstac, ray_local):  # noqa: F811
     package = M.load("default")
-    reference = replace(job, output=job.output + "-reference", publish=J.Publish(api=pgstac.url, collection=OUT_COLLECTION))
+    reference = replace(
+        job, output=job.output + "-reference", publish=J.Publish(api=pgstac.url, collection=OUT_COLLECTION)
+    )
     engine = RayEngine(package, actors=2)
     try:
         killing = KillingEngine(engine)
@@ -294,9 +316,17 @@ def test_a_broken_item_fails_alone_and_the_exit_code_says_so(sources, pgstac, tm
     hidden = blue.with_name("B02.hidden")
     blue.rename(hidden)  # this item's blue band is gone from the object store
     out = tmp_path / "out"
-    spec = {"name": "broken", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
-            "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": str(out),
-            "publish": {"catalog": str(out)}, "resources": {"tile_size": 64}}  # fmt: skip
+    spec = {
+        "name": "broken",
+        "areas": [{"name": "overlap", "bbox": list(AOI)}],
+        "catalog": "earth-search",
+        "stac_url": pgstac.url,
+        "collection": COLLECTION,
+        "best_per_tile": False,
+        "output": str(out),
+        "publish": {"catalog": str(out)},
+        "resources": {"tile_size": 64},
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     try:
         result = CliRunner().invoke(app, ["batch", str(tmp_path / "job.yaml")], env={"COLUMNS": "200"})
@@ -347,9 +377,17 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
     from tests.fixtures.services import HOST, RAY_TEST_ENV, wait_for_http
 
     out = tmp_path / "out"
-    spec = {"name": "submitted", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
-            "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": str(out),
-            "publish": {"catalog": str(out)}, "resources": {"actors": 1, "tile_size": 64}}  # fmt: skip
+    spec = {
+        "name": "submitted",
+        "areas": [{"name": "overlap", "bbox": list(AOI)}],
+        "catalog": "earth-search",
+        "stac_url": pgstac.url,
+        "collection": COLLECTION,
+        "best_per_tile": False,
+        "output": str(out),
+        "publish": {"catalog": str(out)},
+        "resources": {"actors": 1, "tile_size": 64},
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths live under it
     gcs, dash, agent, client_port = distinct_free_ports(4)
@@ -357,10 +395,22 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "ray-head.log"
     bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--node-ip-address={HOST}",
-           "--num-cpus=2", "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client_port}",
-           f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
+    cmd = [
+        str(bin_dir / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs}",
+        f"--node-ip-address={HOST}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        f"--dashboard-host={HOST}",
+        f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--ray-client-server-port={client_port}",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
     with open(log, "wb") as f:
         head = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -368,13 +418,19 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
         client = JobSubmissionClient(f"http://{HOST}:{dash}")
         job_id = client.submit_job(entrypoint=f"{bin_dir / 'stacsr'} batch {tmp_path / 'job.yaml'}")
         deadline = time.monotonic() + 240
-        while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        while (status := client.get_job_status(job_id)) not in {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.STOPPED,
+        }:
             assert time.monotonic() < deadline, client.get_job_logs(job_id)
             time.sleep(1)
         logs = client.get_job_logs(job_id)
     finally:
         try:
-            os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster; never `ray stop` (stops every Ray)
+            os.killpg(
+                head.pid, signal.SIGTERM
+            )  # `ray start --block` stops its cluster; never `ray stop` (stops every Ray)
             head.wait(60)
         except ProcessLookupError:
             pass  # it already ended (the assertion above says why)
@@ -397,9 +453,17 @@ def test_sigkill_between_cogs_and_item_leaves_nothing_half_done(sources, pgstac,
     import time
 
     out = tmp_path / "out"
-    spec = {"name": "killed", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
-            "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": str(out),
-            "publish": {"catalog": str(out)}, "resources": {"tile_size": 64, "items_in_flight": 1}}  # fmt: skip
+    spec = {
+        "name": "killed",
+        "areas": [{"name": "overlap", "bbox": list(AOI)}],
+        "catalog": "earth-search",
+        "stac_url": pgstac.url,
+        "collection": COLLECTION,
+        "best_per_tile": False,
+        "output": str(out),
+        "publish": {"catalog": str(out)},
+        "resources": {"tile_size": 64, "items_in_flight": 1},
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     cmd = [str(Path(sys.executable).with_name("stacsr")), "batch", str(tmp_path / "job.yaml"), "--no-ray"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -435,13 +499,34 @@ def test_sigkill_between_cogs_and_item_leaves_nothing_half_done(sources, pgstac,
 def test_a_static_batch_with_its_own_collection_skips_its_outputs_on_a_re_run(sources, pgstac, tmp_path):
     """``publish.collection`` names one folder for COGs and item JSON alike, so a re-run finds what it did."""
     out = tmp_path / "out"
-    job = J.from_dict({"name": "own", "areas": [{"name": "overlap", "bbox": list(AOI)}], "catalog": "earth-search",
-                       "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": str(out),
-                       "publish": {"catalog": str(out), "collection": "my-sr"}, "resources": {"tile_size": 64}})  # fmt: skip
+    job = J.from_dict(
+        {
+            "name": "own",
+            "areas": [{"name": "overlap", "bbox": list(AOI)}],
+            "catalog": "earth-search",
+            "stac_url": pgstac.url,
+            "collection": COLLECTION,
+            "best_per_tile": False,
+            "output": str(out),
+            "publish": {"catalog": str(out), "collection": "my-sr"},
+            "resources": {"tile_size": 64},
+        }
+    )
     engine = LocalEngine(M.load("default"))
     first, second = run(job, engine).to_dict(), run(job, engine).to_dict()
-    assert first["items"]["done"] == 4 and second["items"] == {"found": 4, "skipped": 4, "done": 0, "failed": 0, "nodata": 0}
-    assert sorted(p.name for p in out.iterdir()) == ["_runs", "catalog.json", "my-sr"]
+    assert first["items"]["done"] == 4 and second["items"] == {
+        "found": 4,
+        "skipped": 4,
+        "done": 0,
+        "failed": 0,
+        "nodata": 0,
+    }
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_runs",
+        "catalog.json",
+        "models",
+        "my-sr",
+    ]  # models: the MLM item + weights
     for doc in (out / "my-sr").glob("*/*.json"):
         assert sorted(p.name for p in doc.parent.glob("*.tif")) == sorted(f"{doc.stem}_{b}.tif" for b in BANDS)
     assert len(list((out / "my-sr").glob("*/*.json"))) == 4

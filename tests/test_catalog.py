@@ -38,11 +38,17 @@ DERIVED = [
 def s2_collection(collection_id: str = S2) -> dict:
     """A minimal valid STAC 1.1 collection."""
     return {
-        "type": "Collection", "stac_version": "1.1.0", "id": collection_id,
-        "description": "Sentinel-2 L2A (stacsr test stand-in)", "license": "proprietary", "links": [],
-        "extent": {"spatial": {"bbox": [[-180.0, -90.0, 180.0, 90.0]]},
-                   "temporal": {"interval": [["2015-06-27T00:00:00Z", None]]}},
-    }  # fmt: skip
+        "type": "Collection",
+        "stac_version": "1.1.0",
+        "id": collection_id,
+        "description": "Sentinel-2 L2A (stacsr test stand-in)",
+        "license": "proprietary",
+        "links": [],
+        "extent": {
+            "spatial": {"bbox": [[-180.0, -90.0, 180.0, 90.0]]},
+            "temporal": {"interval": [["2015-06-27T00:00:00Z", None]]},
+        },
+    }
 
 
 def _shift(geometry: dict, dlon: float, dlat: float) -> dict:
@@ -281,21 +287,28 @@ def _mini(item_id, cloud, when="2024-01-01T00:00:00Z", **props):
 
 
 def test_order_ties_broken_by_newest_then_id_and_missing_cloud_last():
-    items = [_mini("b", 5, "2024-01-01T00:00:00Z"), _mini("a", 5, "2024-01-01T00:00:00Z"),
-             _mini("c", 5, "2024-06-01T00:00:00Z"), _mini("d", None), _mini("e", 0.1)]  # fmt: skip
+    items = [
+        _mini("b", 5, "2024-01-01T00:00:00Z"),
+        _mini("a", 5, "2024-01-01T00:00:00Z"),
+        _mini("c", 5, "2024-06-01T00:00:00Z"),
+        _mini("d", None),
+        _mini("e", 0.1),
+    ]
     assert [i["id"] for i in search.order(items)] == ["e", "c", "a", "b", "d"]
 
 
 def test_best_per_tile_key_precedence_and_crs_fallback():
     preset = PRESETS["planetary-computer"]
-    items = search.order([
-        _mini("x1", 3, **{"s2:mgrs_tile": "32UPU"}),
-        _mini("x2", 1, **{"grid:code": "MGRS-32UPU"}),  # same tile, other key
-        _mini("x3", 2, **{"mgrs:grid_square": "QU", "grid:code": "MGRS-32UQU"}),
-        _mini("x4", 4, **{"proj:epsg": 32633}),  # no tile: the CRS is the tile
-        _mini("x5", 5, **{"proj:code": "EPSG:32633"}),
-        _mini("x6", 6, **{"proj:epsg": 32632}),
-    ])  # fmt: skip
+    items = search.order(
+        [
+            _mini("x1", 3, **{"s2:mgrs_tile": "32UPU"}),
+            _mini("x2", 1, **{"grid:code": "MGRS-32UPU"}),  # same tile, other key
+            _mini("x3", 2, **{"mgrs:grid_square": "QU", "grid:code": "MGRS-32UQU"}),
+            _mini("x4", 4, **{"proj:epsg": 32633}),  # no tile: the CRS is the tile
+            _mini("x5", 5, **{"proj:code": "EPSG:32633"}),
+            _mini("x6", 6, **{"proj:epsg": 32632}),
+        ]
+    )
     assert [i["id"] for i in search.best_per_tile(items, preset)] == ["x2", "x3", "x4", "x6"]
     assert search.tile_of(items[0], preset) == "32UPU"
     assert search.tile_of(_mini("y", 1, **{"proj:code": "EPSG:32633"}), preset) == "EPSG:32633"
@@ -347,11 +360,15 @@ def test_check_datetime_errors(text):
 @pytest.mark.parametrize(
     "text",
     [
-        "2024-06-01/2024-08-31", "2024-06-01T10:00:00Z", "../2024-08-31", "2024-06-01/..", "2024-06-01/",
+        "2024-06-01/2024-08-31",
+        "2024-06-01T10:00:00Z",
+        "../2024-08-31",
+        "2024-06-01/..",
+        "2024-06-01/",
         "2024-06-01/2024-06-01",
         "2024-06-01T01:00:00+02:00/2024-06-01T00:30:00Z",  # 23:00Z to 00:30Z: in order
     ],
-)  # fmt: skip
+)
 def test_check_datetime_accepts(text):
     assert search.check_datetime(text) == text
 

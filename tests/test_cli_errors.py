@@ -56,9 +56,20 @@ def failed_cleanly(result, out: Path | None) -> str:
 
 def enhance(pgstac, out: Path, *args: Any, collection: str = COLLECTION, bbox=AOI_BOTH):
     return cli(
-        "enhance", "--catalog", "earth-search", "--stac-url", pgstac.url, "--collection", collection,
-        "--bbox", *bbox, "--out", out, "--no-ray", *args,
-    )  # fmt: skip
+        "enhance",
+        "--catalog",
+        "earth-search",
+        "--stac-url",
+        pgstac.url,
+        "--collection",
+        collection,
+        "--bbox",
+        *bbox,
+        "--out",
+        out,
+        "--no-ray",
+        *args,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +118,19 @@ def test_no_items_found(catalog, pgstac, tmp_path):
     out = tmp_path / "out"
     line = failed_cleanly(enhance(pgstac, out, "--datetime", "2019-01-01/2019-12-31"), out)
     assert "no items found" in line
-    search = cli("search", "--catalog", "earth-search", "--stac-url", pgstac.url, "--collection", COLLECTION,
-                 "--bbox", *AOI_BOTH, "--datetime", "2019-01-01/2019-12-31")  # fmt: skip
+    search = cli(
+        "search",
+        "--catalog",
+        "earth-search",
+        "--stac-url",
+        pgstac.url,
+        "--collection",
+        COLLECTION,
+        "--bbox",
+        *AOI_BOTH,
+        "--datetime",
+        "2019-01-01/2019-12-31",
+    )
     assert "no items found" in failed_cleanly(search, None)
 
 
@@ -127,18 +149,31 @@ def test_corrupt_cog_names_the_asset_and_leaks_no_token(pgstac, blob_server, pc_
     broken = scenes.file(SC.NEW, "B08")
     broken.write_bytes(b"II*\x00 this is not a GeoTIFF " + bytes(range(256)) * 8)
     monkeypatch.setitem(
-        PRESETS, "planetary-computer",
-        replace(PRESETS["planetary-computer"], sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item))),
-    )  # fmt: skip
+        PRESETS,
+        "planetary-computer",
+        replace(
+            PRESETS["planetary-computer"], sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item))
+        ),
+    )
     out = tmp_path / "out"
     SC.load(pgstac, scenes)
     try:
         tokens_before = len(blob_server.tokens_issued)
         blob_server.clear_requests()
         result = cli(
-            "enhance", "--catalog", "planetary-computer", "--stac-url", pgstac.url, "--collection", PC_COLLECTION,
-            "--bbox", *AOI_NEW, "--out", out, "--no-ray",
-        )  # fmt: skip
+            "enhance",
+            "--catalog",
+            "planetary-computer",
+            "--stac-url",
+            pgstac.url,
+            "--collection",
+            PC_COLLECTION,
+            "--bbox",
+            *AOI_NEW,
+            "--out",
+            out,
+            "--no-ray",
+        )
     finally:
         pgstac.delete_collection(PC_COLLECTION)  # not reset(): the module's `catalog` stays loaded
     line = failed_cleanly(result, out)
@@ -162,9 +197,12 @@ def three_band_model(tmp_path_factory) -> Path:
 
     config = GeneratorConfig(bands=3, scale=4, features=8, blocks=1)
     card = M.ModelCard(
-        name="three-band-test", version="0.0.1", bands=["B02", "B03", "B04"], common_names=["blue", "green", "red"],
+        name="three-band-test",
+        version="0.0.1",
+        bands=["B02", "B03", "B04"],
+        common_names=["blue", "green", "red"],
         architecture=config.to_dict(),
-    )  # fmt: skip
+    )
     folder = tmp_path_factory.mktemp("model") / "three-band"
     M.save(card, Generator(config), folder)
     return folder
@@ -172,9 +210,17 @@ def three_band_model(tmp_path_factory) -> Path:
 
 def write_geotiff(path: Path, data: np.ndarray) -> Path:
     with rasterio.open(
-        path, "w", driver="GTiff", count=data.shape[0], height=data.shape[1], width=data.shape[2],
-        dtype=data.dtype.name, crs="EPSG:32632", transform=Affine(10, 0, 681000, 0, -10, 5338000), nodata=0,
-    ) as dst:  # fmt: skip
+        path,
+        "w",
+        driver="GTiff",
+        count=data.shape[0],
+        height=data.shape[1],
+        width=data.shape[2],
+        dtype=data.dtype.name,
+        crs="EPSG:32632",
+        transform=Affine(10, 0, 681000, 0, -10, 5338000),
+        nodata=0,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -220,7 +266,9 @@ def test_output_folder_not_writable(catalog, pgstac, tmp_path):
     assert "not writable" in line and str(out) in line
     assert blocker.read_bytes() == b"not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
-    line = failed_cleanly(cli("sr", write_geotiff(tmp_path / "in.tif", np.ones((4, 8, 8), np.uint16)), out / "x.tif", "--no-ray"), None)
+    line = failed_cleanly(
+        cli("sr", write_geotiff(tmp_path / "in.tif", np.ones((4, 8, 8), np.uint16)), out / "x.tif", "--no-ray"), None
+    )
     assert "not writable" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "in.tif"]
 
@@ -252,8 +300,17 @@ def test_sr_missing_file_over_http(blob_server, tmp_path):
 def _tif(path, data, crs="EPSG:32632", transform=None):
     from affine import Affine
 
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs=crs, transform=transform or Affine(10, 0, 600000, 0, -10, 5300000)) as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform or Affine(10, 0, 600000, 0, -10, 5300000),
+    ) as dst:
         dst.write(data)
     return path
 

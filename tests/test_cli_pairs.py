@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stacsr.cli import app
-from stacsr.train import pairs as P
+from stacsr.train import manifest as P
 from tests.fixtures import scenes as SC
 
 AOI = SC.world_bbox(172, 172, 308, 308)  # where both demo items overlap
@@ -26,8 +26,21 @@ def test_pairs_writes_a_wald_manifest(pgstac, es_scenes, tmp_path):
     with_catalog = SC.loaded(pgstac, es_scenes)
     next(with_catalog)
     try:
-        r = cli("pairs", "--catalog", "earth-search", "--stac-url", pgstac.url, "--bbox", *AOI,
-                "--patches", 6, "--patch-size", 32, "--out", out)  # fmt: skip
+        r = cli(
+            "pairs",
+            "--catalog",
+            "earth-search",
+            "--stac-url",
+            pgstac.url,
+            "--bbox",
+            *AOI,
+            "--patches",
+            6,
+            "--patch-size",
+            32,
+            "--out",
+            out,
+        )
     finally:
         next(with_catalog, None)
     assert r.exit_code == 0, (r.stderr, r.exception)
@@ -43,5 +56,7 @@ def test_pairs_refuses_unknown_kind_and_writes_nothing(tmp_path):
     out = tmp_path / "pairs.parquet"
     r = cli("pairs", "--kind", "spot", "--bbox", *AOI, "--out", out)
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines() == ["error: pair kind 'spot' is not available yet; use --kind wald or cross-sensor"]
+    assert r.stderr.strip().splitlines() == [
+        "error: pair kind 'spot' is not available yet; use --kind wald or cross-sensor"
+    ]
     assert not out.exists()

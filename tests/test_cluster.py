@@ -32,8 +32,13 @@ def test_enhance_and_batch_on_two_nodes(sources, pgstac, tmp_path):
     script = Path(__file__).with_name("cluster_check.py")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_TEST_ENV
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    r = subprocess.run([sys.executable, str(script), str(tmp_path), pgstac.url, COLLECTION, json.dumps(list(AOI))],
-                       capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), pgstac.url, COLLECTION, json.dumps(list(AOI))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["nodes"] == 2

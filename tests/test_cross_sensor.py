@@ -30,7 +30,8 @@ from stacsr.cli import app
 from stacsr.io import grid as G
 from stacsr.train import data as T
 from stacsr.train import degrade as D
-from stacsr.train import pairs as P
+from stacsr.train import manifest as P
+from stacsr.train import pairs_cross_sensor as CS
 from tests.fixtures import scenes as SC
 from tests.fixtures.services import planetary_computer_stand_in, sample_collection
 from tests.test_train_data import make_sign
@@ -69,13 +70,31 @@ def _write_hr(path, grid: GeoBox) -> None:
     ground = demo.ground()
     src_t = Affine(2.5, 0, demo.WORLD_ORIGIN[0], 0, -2.5, demo.WORLD_ORIGIN[1])
     refl = np.zeros((4, *grid.shape.yx), dtype=np.float32)
-    reproject(ground, refl, src_transform=src_t, src_crs=f"EPSG:{demo.EPSG}", dst_transform=grid.affine,
-              dst_crs=str(grid.crs), resampling=Resampling.bilinear)  # fmt: skip
+    reproject(
+        ground,
+        refl,
+        src_transform=src_t,
+        src_crs=f"EPSG:{demo.EPSG}",
+        dst_transform=grid.affine,
+        dst_crs=str(grid.crs),
+        resampling=Resampling.bilinear,
+    )
     dn = np.clip(np.rint(refl * GAIN[:, None, None] + OFFSET[:, None, None]), 1, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(driver="GTiff", dtype="uint8", count=4, height=grid.shape.y, width=grid.shape.x,
-                   crs=str(grid.crs), transform=grid.affine, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", photometric="RGB")  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        dtype="uint8",
+        count=4,
+        height=grid.shape.y,
+        width=grid.shape.x,
+        crs=str(grid.crs),
+        transform=grid.affine,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        photometric="RGB",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(dn[[2, 1, 0, 3]])  # R, G, B, NIR
 
@@ -83,15 +102,31 @@ def _write_hr(path, grid: GeoBox) -> None:
 def _hr_item(item_id, when, grid: GeoBox, href) -> dict:
     geom = grid.extent.to_crs("EPSG:4326")
     return {
-        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": "naip",
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "collection": "naip",
         "stac_extensions": ["https://stac-extensions.github.io/projection/v1.0.0/schema.json"],
-        "geometry": geom.json, "bbox": list(geom.boundingbox),
-        "properties": {"datetime": when, "gsd": HR_RES, "proj:epsg": HR_EPSG, "proj:shape": list(grid.shape.yx),
-                       "proj:transform": list(grid.affine)[:6], "naip:state": "zz"},
-        "assets": {"image": {"href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                             "roles": ["data"], "eo:bands": [{"name": n} for n in ("Red", "Green", "Blue", "NIR")]}},
+        "geometry": geom.json,
+        "bbox": list(geom.boundingbox),
+        "properties": {
+            "datetime": when,
+            "gsd": HR_RES,
+            "proj:epsg": HR_EPSG,
+            "proj:shape": list(grid.shape.yx),
+            "proj:transform": list(grid.affine)[:6],
+            "naip:state": "zz",
+        },
+        "assets": {
+            "image": {
+                "href": href,
+                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "roles": ["data"],
+                "eo:bands": [{"name": n} for n in ("Red", "Green", "Blue", "NIR")],
+            }
+        },
         "links": [],
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +149,9 @@ def setup(blob_server, hr):
     scenes = SC.make_scenes(blob_server, "planetary-computer")
     preset = replace(PRESETS["planetary-computer"], sign=make_sign(blob_server.sas_url, blob_server.url))
     with planetary_computer_stand_in(blob_server.sas_url):
-        table = P.build_cross_sensor_manifest(scenes.items, hr["pc"], preset, None, AOI, 10, PATCH, SCALE,
-                                              max_days=30, seed=1, min_valid=1.0)  # fmt: skip
+        table = CS.build_cross_sensor_manifest(
+            scenes.items, hr["pc"], preset, None, AOI, 10, PATCH, SCALE, max_days=30, seed=1, min_valid=1.0
+        )
     return scenes, preset, table
 
 
@@ -137,18 +173,23 @@ def test_rows_only_where_hr_covers_and_within_max_days(setup, hr, pc_stand_in):
     for r in rows:
         assert near_foot.buffer(1e-6).covers(shapely.from_wkb(r["geometry"]))
         assert "?" not in r["hr_hrefs"] and "sig=" not in r["hrefs"]
-        assert json.loads(r["hr_bands"]) == {"B02": ["image", 3], "B03": ["image", 2], "B04": ["image", 1],
-                                             "B08": ["image", 4]}  # fmt: skip
+        assert json.loads(r["hr_bands"]) == {
+            "B02": ["image", 3],
+            "B03": ["image", 2],
+            "B04": ["image", 1],
+            "B08": ["image", 4],
+        }
         assert r["calibrate"] is True and r["hr_epsg"] == HR_EPSG
     # a wider date gap lets FAR in, nearest first where both would do
-    wide = P.build_cross_sensor_manifest(scenes.items, hr["pc"], preset, None, AOI, 40, PATCH, SCALE,
-                                         max_days=90, seed=1, min_valid=1.0)  # fmt: skip
+    wide = CS.build_cross_sensor_manifest(
+        scenes.items, hr["pc"], preset, None, AOI, 40, PATCH, SCALE, max_days=90, seed=1, min_valid=1.0
+    )
     by_hr = {r["hr_item_id"]: r for r in wide.to_pylist()}
     assert set(by_hr) == {NEAR, FAR}
     assert by_hr[FAR]["date_gap_days"] == pytest.approx(60.0)
     # no HR in time at all: a clear error
     with pytest.raises(P.PairsError, match="covered by an HR item within 5 days"):
-        P.build_cross_sensor_manifest(scenes.items, hr["pc"], preset, None, AOI, 4, PATCH, SCALE, max_days=5)
+        CS.build_cross_sensor_manifest(scenes.items, hr["pc"], preset, None, AOI, 4, PATCH, SCALE, max_days=5)
 
 
 def test_hr_footprint_equals_lr_footprint(setup):
@@ -206,7 +247,7 @@ def test_calibrate_recovers_gain_and_offset():
     hr = rng.uniform(100, 3000, (2, 16, 16)).astype(np.float32)
     lr = D.area(hr, 4) * np.array([1.5, 0.8], dtype=np.float32)[:, None, None] + np.float32(200)
     lr[0, 0, 0] = 0  # nodata: ignored in the fit
-    out, gains, offsets = T.calibrate(lr, hr, 4)
+    out, gains, offsets = CS.calibrate(lr, hr, 4)
     np.testing.assert_allclose(gains, [1.5, 0.8], rtol=1e-4)
     np.testing.assert_allclose(offsets, [200, 200], atol=0.5)
     np.testing.assert_allclose(D.area(out, 4)[:, 1:, 1:], lr[:, 1:, 1:], rtol=1e-4)
@@ -228,12 +269,12 @@ def test_manifest_round_trip_and_schema(setup, tmp_path):
 def test_bad_inputs(setup, hr):
     scenes, preset, table = setup
     with pytest.raises(P.PairsError, match="no entry for band"):
-        P.build_cross_sensor_manifest(scenes.items, hr["pc"], preset, {"B02": ("image", 1)}, AOI, 4, PATCH, SCALE)
+        CS.build_cross_sensor_manifest(scenes.items, hr["pc"], preset, {"B02": ("image", 1)}, AOI, 4, PATCH, SCALE)
     with pytest.raises(P.PairsError, match="no HR item with asset"):
-        P.build_cross_sensor_manifest(scenes.items, [], preset, None, AOI, 4, PATCH, SCALE)
-    assert P.hr_band_map_of("B02=image:3,B08=image:4") == {"B02": ("image", 3), "B08": ("image", 4)}
+        CS.build_cross_sensor_manifest(scenes.items, [], preset, None, AOI, 4, PATCH, SCALE)
+    assert CS.hr_band_map_of("B02=image:3,B08=image:4") == {"B02": ("image", 3), "B08": ("image", 4)}
     with pytest.raises(P.PairsError, match="not of the form"):
-        P.hr_band_map_of("B02=image")
+        CS.hr_band_map_of("B02=image")
     row = table.to_pylist()[0]
     with pytest.raises(P.PairsError, match="without HR source column"):
         T.read_pair(dict(row, hr_hrefs=None), preset)
@@ -250,12 +291,39 @@ def test_cli_pairs_cross_sensor(pgstac, blob_server, hr, tmp_path):
         pgstac.delete_collection("naip")
         pgstac.load_collection(sample_collection("naip", "synthetic NAIP-like HR"))
         pgstac.load_items([json.loads(json.dumps(i)) for i in hr["files"]])
-        found = P.search_hr_items(pgstac.url, "naip", AOI, es.items, 30)
+        found = CS.search_hr_items(pgstac.url, "naip", AOI, es.items, 30)
         assert [i["id"] for i in found] == [NEAR]  # FAR lies 60 days out: not even searched
-        r = CliRunner().invoke(app, [str(a) for a in (
-            "pairs", "--kind", "cross-sensor", "--catalog", "earth-search", "--stac-url", pgstac.url,
-            "--bbox", *AOI, "--patches", 6, "--patch-size", PATCH, "--scale", SCALE, "--min-valid", 1.0,
-            "--max-days", 30, "--no-calibrate", "--out", out)], env={"COLUMNS": "200"})  # fmt: skip
+        r = CliRunner().invoke(
+            app,
+            [
+                str(a)
+                for a in (
+                    "pairs",
+                    "--kind",
+                    "cross-sensor",
+                    "--catalog",
+                    "earth-search",
+                    "--stac-url",
+                    pgstac.url,
+                    "--bbox",
+                    *AOI,
+                    "--patches",
+                    6,
+                    "--patch-size",
+                    PATCH,
+                    "--scale",
+                    SCALE,
+                    "--min-valid",
+                    1.0,
+                    "--max-days",
+                    30,
+                    "--no-calibrate",
+                    "--out",
+                    out,
+                )
+            ],
+            env={"COLUMNS": "200"},
+        )
     finally:
         pgstac.delete_collection("naip")
         next(with_catalog, None)
@@ -271,8 +339,11 @@ def test_cli_pairs_cross_sensor(pgstac, blob_server, hr, tmp_path):
 
 def test_cli_refuses_other_kinds(tmp_path):
     out = tmp_path / "pairs.parquet"
-    r = CliRunner().invoke(app, ["pairs", "--kind", "spot", "--bbox", *map(str, AOI), "--out", str(out)],
-                           env={"COLUMNS": "200"})  # fmt: skip
+    r = CliRunner().invoke(
+        app, ["pairs", "--kind", "spot", "--bbox", *map(str, AOI), "--out", str(out)], env={"COLUMNS": "200"}
+    )
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines() == ["error: pair kind 'spot' is not available yet; use --kind wald or cross-sensor"]
+    assert r.stderr.strip().splitlines() == [
+        "error: pair kind 'spot' is not available yet; use --kind wald or cross-sensor"
+    ]
     assert not out.exists()

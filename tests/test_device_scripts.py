@@ -54,10 +54,12 @@ def test_sweep_variants_build_the_documented_data():
     sweep = sweep_module()
     assert all(n in sweep.VARIANTS for names in sweep.SWEEPS.values() for n in names)
     rng = np.random.default_rng(0)
-    files = {"train/000/a": rng.integers(1, 5000, (4, 96, 96)).astype(np.uint16),
-             "train/001/b": rng.integers(1, 5000, (4, 64, 64)).astype(np.uint16),
-             "urban/000/c": rng.integers(1, 5000, (4, 80, 56)).astype(np.uint16),
-             "val/000/d": rng.integers(1, 5000, (4, 64, 64)).astype(np.uint16)}  # fmt: skip
+    files = {
+        "train/000/a": rng.integers(1, 5000, (4, 96, 96)).astype(np.uint16),
+        "train/001/b": rng.integers(1, 5000, (4, 64, 64)).astype(np.uint16),
+        "urban/000/c": rng.integers(1, 5000, (4, 80, 56)).astype(np.uint16),
+        "val/000/d": rng.integers(1, 5000, (4, 64, 64)).astype(np.uint16),
+    }
     cpu = torch.device("cpu")
     lattice = lambda rows, cols, st=4: ((rows - 48) // st + 1) * ((cols - 48) // st + 1)  # noqa: E731
     base = lattice(96, 96) + lattice(64, 64)
@@ -66,7 +68,9 @@ def test_sweep_variants_build_the_documented_data():
     assert len(sweep.training_windows(files, sweep.VARIANTS["urban1-st8"], cpu).index) == base + lattice(80, 56, 8)
     half = sweep.training_windows(files, sweep.VARIANTS["half-scale"], cpu)  # only a's half is ≥ 48 px
     assert len(half.index) == base + lattice(48, 48)
-    np.testing.assert_allclose(half.images[2].numpy(), files["train/000/a"].reshape(4, 48, 2, 48, 2).mean((2, 4)), atol=0.5)
+    np.testing.assert_allclose(
+        half.images[2].numpy(), files["train/000/a"].reshape(4, 48, 2, 48, 2).mean((2, 4)), atol=0.5
+    )
 
 
 def test_check_sr_scores_the_cli_as_stacsr_evaluate_scores_the_model(images, tmp_path):  # noqa: F811
@@ -87,8 +91,15 @@ def test_rgbn_from_rgb_synthesises_b08_as_the_visible_mean(tmp_path):
     rgb = np.stack([np.full((8, 6), v, np.float32) for v in (300.0, 600.0, 1200.0)])
     rgb[0, 0, 0] = -150.0  # dark pixel below 0 after the BOA offset
     src = tmp_path / "rgb.tif"
-    profile = {"driver": "GTiff", "width": 6, "height": 8, "count": 3, "dtype": "float32", "crs": "EPSG:32633",
-               "transform": rasterio.Affine(10, 0, 400000, 0, -10, 5800000)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": 6,
+        "height": 8,
+        "count": 3,
+        "dtype": "float32",
+        "crs": "EPSG:32633",
+        "transform": rasterio.Affine(10, 0, 400000, 0, -10, 5800000),
+    }
     with rasterio.open(src, "w", **profile) as d:
         d.write(rgb)
         d.descriptions = ("B02", "B03", "B04")
@@ -102,7 +113,12 @@ def test_rgbn_from_rgb_synthesises_b08_as_the_visible_mean(tmp_path):
 
 def test_gpu_check_dry_run_on_cpu():
     env = dict(os.environ, STACSR_CHECK_DEVICE="cpu")
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "device" / "gpu_check.py")], env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "device" / "gpu_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "5 passed, 0 failed" in done.stdout and "FAIL" not in done.stdout

@@ -47,7 +47,9 @@ SCALE = 4
 OUT_COLLECTION = "sentinel-2-l2a-sr"
 # AOIs as world pixel rectangles (row0, col0, row1, col1) of the demo ground (10 m pixels).
 AOI_OVERLAP = SC.world_bbox(172, 172, 308, 308)  # ~1.4 km square where both items overlap; > 128 px for overviews
-AOI_CORNER = SC.world_bbox(410, 170, 470, 250)  # S2B only, over the edge of its nodata corner (rows 440–480, cols 160–220)
+AOI_CORNER = SC.world_bbox(
+    410, 170, 470, 250
+)  # S2B only, over the edge of its nodata corner (rows 440–480, cols 160–220)
 ROOT = Path(__file__).resolve().parent.parent
 STACSR = ROOT / ".venv" / "bin" / "stacsr"
 
@@ -109,14 +111,17 @@ def pc_run(pgstac, blob_server, tmp_path_factory) -> PcRun:
     try:
         with planetary_computer_stand_in(blob_server.sas_url):  # what the pc_stand_in fixture does
             preset = replace(
-                PRESETS["planetary-computer"], url=pgstac.url,
+                PRESETS["planetary-computer"],
+                url=pgstac.url,
                 sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)),
-            )  # fmt: skip
+            )
             items = S.search(preset, AOI_OVERLAP)
             package = M.load("default")
             tokens_before = len(blob_server.tokens_issued)
             blob_server.clear_requests()
-            report = pipeline.enhance(items, preset, AOI_OVERLAP, out, package, pipeline.make_engine(package, use_ray=False))
+            report = pipeline.enhance(
+                items, preset, AOI_OVERLAP, out, package, pipeline.make_engine(package, use_ray=False)
+            )
             requests = blob_server.requests
             tokens = blob_server.tokens_issued
     finally:
@@ -129,8 +134,11 @@ def test_pc_search_finds_both_items_least_cloudy_first(pc_run):
     assert pc_run.report.items == [f"{SC.NEW}_sr", f"{SC.OLD}_sr"]
     assert not pc_run.report.skipped
     # hrefs stay unsigned PC hrefs in the search results: signing happens only when pixels are read
-    assert all(a["href"].startswith("https://sentinel2l2a01.blob.core.windows.net/") and "?" not in a["href"]
-               for i in pc_run.items for a in i["assets"].values())  # fmt: skip
+    assert all(
+        a["href"].startswith("https://sentinel2l2a01.blob.core.windows.net/") and "?" not in a["href"]
+        for i in pc_run.items
+        for a in i["assets"].values()
+    )
 
 
 def test_pc_reads_are_signed(pc_run, blob_server):
@@ -429,9 +437,17 @@ def test_cli_search_lists_least_cloudy_first(es_catalog, pgstac):
 
 def write_geotiff(path: Path, data: np.ndarray, transform: Affine, crs: str = f"EPSG:{demo.EPSG}") -> Path:
     with rasterio.open(
-        path, "w", driver="GTiff", count=data.shape[0], height=data.shape[1], width=data.shape[2],
-        dtype=data.dtype.name, crs=crs, transform=transform, nodata=0,
-    ) as dst:  # fmt: skip
+        path,
+        "w",
+        driver="GTiff",
+        count=data.shape[0],
+        height=data.shape[1],
+        width=data.shape[2],
+        dtype=data.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=0,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -519,9 +535,13 @@ def test_installed_console_script_runs_the_demo_with_ray(tmp_path):
     assert STACSR.is_file()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [str(STACSR), "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True, env=env,
-        timeout=240, cwd=tmp_path,
-    )  # fmt: skip
+        [str(STACSR), "demo", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"engine\s+Ray, 2 actors", proc.stderr) and "items written" in proc.stderr
     check_demo_folder(tmp_path / "demo")

@@ -121,8 +121,18 @@ def world10() -> np.ndarray:
 
 def write_tif(path: Path, data: np.ndarray) -> Path:
     transform = Affine(10, 0, 680000, 0, -10, 5340000)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs="EPSG:32632", transform=transform, nodata=0) as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs="EPSG:32632",
+        transform=transform,
+        nodata=0,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -151,8 +161,9 @@ def bicubic_model(tmp_path_factory):
         for conv in [g.tail, *g.to_images]:
             conv.weight.zero_()
             conv.bias.zero_()
-    card = ModelCard("bicubic-equivalent", "0", ["B02", "B03", "B04", "B08"], ["blue", "green", "red", "nir"],
-                     config.to_dict())  # fmt: skip
+    card = ModelCard(
+        "bicubic-equivalent", "0", ["B02", "B03", "B04", "B08"], ["blue", "green", "red", "nir"], config.to_dict()
+    )
     return save(card, g, tmp_path_factory.mktemp("bicubic"))
 
 
@@ -175,8 +186,15 @@ def test_wald_bicubic_equivalent_model_scores_as_bicubic(images, tmp_path, bicub
     data = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert data["model"] == package.ref and len(data["results"]) == 4
     assert set(data["averages"]["area"]) >= {"model", "bicubic", "delta_psnr", "images"}
-    assert set(data["results"][0]["model"]) == {"psnr", "ssim", "sam", "consistency", "improvement", "omission",
-                                                "hallucination"}  # fmt: skip
+    assert set(data["results"][0]["model"]) == {
+        "psnr",
+        "ssim",
+        "sam",
+        "consistency",
+        "improvement",
+        "omission",
+        "hallucination",
+    }
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
     assert pngs == ["a_area.png", "a_mtf.png", "b_area.png", "b_mtf.png"]
     from PIL import Image
@@ -223,8 +241,9 @@ def cli(*args):
 
 def test_cli_evaluate(images, tmp_path):
     out = tmp_path / "report"
-    result = cli("evaluate", "--model", "default", "--images", images / "a.tif", "--degradation", "mtf",
-                 "--out", out, "--no-ray")  # fmt: skip
+    result = cli(
+        "evaluate", "--model", "default", "--images", images / "a.tif", "--degradation", "mtf", "--out", out, "--no-ray"
+    )
     assert result.exit_code == 0, result.output
     assert "average" in result.stdout and "mtf" in result.stdout and "PSNR" in result.stdout
     assert (out / "metrics.json").is_file() and (out / "a_mtf.png").is_file()
@@ -254,7 +273,7 @@ def test_cli_evaluate_fails_cleanly(case, tmp_path, images):
 def test_evaluate_pairs_of_a_wald_manifest(tmp_path, bicubic_model):
     from stacsr import demo
     from stacsr.evaluate.report import evaluate_pairs
-    from stacsr.train import pairs as P
+    from stacsr.train import pairs_wald as P
 
     items = demo.build_catalog(tmp_path / "source")[:1]  # local COGs, no signing
     preset = demo.demo_preset()

@@ -29,7 +29,10 @@ from tests.fixtures.stac import require_schemas, schemas_available, validate_sta
 
 TINY = GeneratorConfig(bands=4, scale=4, features=8, blocks=2)
 TINY3 = GeneratorConfig(bands=3, scale=2, features=8, blocks=1)
-BANDS = {4: (["B02", "B03", "B04", "B08"], ["blue", "green", "red", "nir"]), 3: (["B04", "B03", "B02"], ["red", "green", "blue"])}
+BANDS = {
+    4: (["B02", "B03", "B04", "B08"], ["blue", "green", "red", "nir"]),
+    3: (["B04", "B03", "B02"], ["red", "green", "blue"]),
+}
 
 
 def _card(config: GeneratorConfig, pairs: str | None = None, **provenance: Any) -> M.ModelCard:
@@ -37,8 +40,14 @@ def _card(config: GeneratorConfig, pairs: str | None = None, **provenance: Any) 
     prov = {"config": {"lr_g": 1e-4, "storage": "/somewhere/local/runs", "steps": 10}, **provenance}
     if pairs:
         prov["pairs"] = pairs
-    return M.ModelCard(name="stacsr-test-x", version="0.2.0", bands=bands, common_names=common,
-                       architecture=config.to_dict(), provenance=prov)  # fmt: skip
+    return M.ModelCard(
+        name="stacsr-test-x",
+        version="0.2.0",
+        bands=bands,
+        common_names=common,
+        architecture=config.to_dict(),
+        provenance=prov,
+    )
 
 
 def _generator(config: GeneratorConfig, seed: int) -> Generator:
@@ -55,9 +64,14 @@ def _state(g: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def make_checkpoint(
-    folder: Path, step: int | None, config: GeneratorConfig = TINY, seed: int = 0, pairs: str | None = None,
-    card: M.ModelCard | None = None, ema: bool = True,
-) -> tuple[Generator, Generator]:  # fmt: skip
+    folder: Path,
+    step: int | None,
+    config: GeneratorConfig = TINY,
+    seed: int = 0,
+    pairs: str | None = None,
+    card: M.ModelCard | None = None,
+    ema: bool = True,
+) -> tuple[Generator, Generator]:
     """A trainer-like checkpoint folder; returns (EMA generator, raw generator)."""
     folder.mkdir(parents=True, exist_ok=True)
     g_ema, g_raw = _generator(config, seed), _generator(config, seed + 1000)
@@ -242,7 +256,11 @@ def test_export_from_s3(s3, tmp_path, monkeypatch):  # noqa: F811
     assert "SECRETSIG" not in card_text and f"s3://{bucket}/pairs/wald.parquet" in card_text
     (link,) = [lk for lk in item["links"] if lk["rel"] == "derived_from"]
     assert link["href"] == f"s3://{bucket}/pairs/wald.parquet"
-    assert item["properties"]["stacsr:scale"] == 2 and item["properties"]["mlm:input"][0]["bands"] == ["B04", "B03", "B02"]
+    assert item["properties"]["stacsr:scale"] == 2 and item["properties"]["mlm:input"][0]["bands"] == [
+        "B04",
+        "B03",
+        "B02",
+    ]
 
     for key, value in s3.env.items():  # a plain URI: endpoint and credentials from the environment
         monkeypatch.setenv(key, value)

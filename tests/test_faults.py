@@ -24,8 +24,8 @@ from stacsr.catalog.presets import resolve
 from stacsr.cli import app
 from stacsr.engine import LocalEngine
 from stacsr.io import read as R
-from stacsr.io import store
 from stacsr.model import package as M
+from stacsr.plumbing import storage
 from tests.fixtures import scenes as SC
 from tests.fixtures.faults import REPORT, FaultProxy
 from tests.fixtures.s3 import s3  # noqa: F401
@@ -46,9 +46,16 @@ def fast_timeouts(monkeypatch):
 
 def record(fault: str, proxy: FaultProxy, outcome: str) -> None:
     injected = sum(proxy.stats[k] for k in ("5xx", "429", "reset", "slow", "permanent"))
-    REPORT.append({"fault": fault, "requests": proxy.stats["requests"], "injected": injected,
-                   "retried": injected if outcome == "identical" else proxy.stats["permanent"],
-                   "outcome": outcome, "data lost": "none"})  # fmt: skip
+    REPORT.append(
+        {
+            "fault": fault,
+            "requests": proxy.stats["requests"],
+            "injected": injected,
+            "retried": injected if outcome == "identical" else proxy.stats["permanent"],
+            "outcome": outcome,
+            "data lost": "none",
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +109,20 @@ def test_sr_over_faulty_http_is_bit_identical(proxy, blob_server, fast_timeouts,
     src.parent.mkdir(parents=True, exist_ok=True)
     from affine import Affine
 
-    with rasterio.open(src, "w", driver="GTiff", width=200, height=200, count=4, dtype="uint16", crs="EPSG:32632",
-                       transform=Affine(10, 0, 680000, 0, -10, 5340000), tiled=True, blockxsize=64,
-                       blockysize=64) as dst:  # fmt: skip
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=200,
+        height=200,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=Affine(10, 0, 680000, 0, -10, 5340000),
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+    ) as dst:
         dst.write(data)
     url = blob_server.file_url("faults-sr/input.tif")
     runner = CliRunner()
@@ -116,8 +134,9 @@ def test_sr_over_faulty_http_is_bit_identical(proxy, blob_server, fast_timeouts,
     record("range reads: 5xx, 429, resets, slow (sr over HTTP)", proxy, "identical")
 
 
-def test_permanently_failing_asset_is_a_clear_error_and_publishes_nothing(sources, pgstac, blob_server, monkeypatch,
-                                                                         tmp_path):  # fmt: skip
+def test_permanently_failing_asset_is_a_clear_error_and_publishes_nothing(
+    sources, pgstac, blob_server, monkeypatch, tmp_path
+):
     monkeypatch.setitem(R.GDAL_ENV, "GDAL_HTTP_MAX_RETRY", "2")
     monkeypatch.setitem(R.GDAL_ENV, "GDAL_HTTP_RETRY_DELAY", "0.1")
     monkeypatch.setattr(R, "READ_RETRIES", 1)
@@ -154,13 +173,34 @@ def test_unreachable_stac_api_is_one_line(monkeypatch):
     from tests.fixtures.services import free_port
 
     monkeypatch.setattr(S, "STAC_RETRIES", 1)
-    r = CliRunner().invoke(app, ["search", "--catalog", "earth-search", "--stac-url", f"http://127.0.0.1:{free_port()}",
-                                 "--bbox", "4", "50", "5", "51"])  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        [
+            "search",
+            "--catalog",
+            "earth-search",
+            "--stac-url",
+            f"http://127.0.0.1:{free_port()}",
+            "--bbox",
+            "4",
+            "50",
+            "5",
+            "51",
+        ],
+    )
     assert r.exit_code == 1
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.output
-    REPORT.append({"fault": "STAC API unreachable (connection refused)", "requests": "-", "injected": 1,
-                   "retried": S.STAC_RETRIES, "outcome": "clear error", "data lost": "none"})  # fmt: skip
+    REPORT.append(
+        {
+            "fault": "STAC API unreachable (connection refused)",
+            "requests": "-",
+            "injected": 1,
+            "retried": S.STAC_RETRIES,
+            "outcome": "clear error",
+            "data lost": "none",
+        }
+    )
 
 
 def test_s3_puts_are_retried(s3, monkeypatch, tmp_path):  # noqa: F811
@@ -171,11 +211,13 @@ def test_s3_puts_are_retried(s3, monkeypatch, tmp_path):  # noqa: F811
         payloads = {f"obj-{i}.bin": os.urandom(200_000 + i) for i in range(8)}
         for name, payload in payloads.items():
             (tmp_path / name).write_bytes(payload)
-            store.put(tmp_path / name, f"s3://{bucket}/out/{name}")
+            storage.put(tmp_path / name, f"s3://{bucket}/out/{name}")
     assert faulty.stats["5xx"] >= 2, faulty.stats
     for name, payload in payloads.items():
         assert s3.filesystem.open_input_stream(f"{bucket}/out/{name}").read() == payload
-    listed = s3.filesystem.get_file_info(__import__("pyarrow.fs", fromlist=["FileSelector"]).FileSelector(f"{bucket}/out"))
+    listed = s3.filesystem.get_file_info(
+        __import__("pyarrow.fs", fromlist=["FileSelector"]).FileSelector(f"{bucket}/out")
+    )
     assert sorted(i.base_name for i in listed) == sorted(payloads)  # no temporary key left behind
     record("S3 PUT/copy answering 5xx", faulty, "identical")
 
@@ -196,7 +238,9 @@ def test_expiring_planetary_computer_tokens_are_renewed(pgstac, blob_server, pc_
     SC.load(pgstac, scenes)
     try:
         blob_server.set_token_lifetime(1)
-        href = blob_server.rewrite_item(planetary_computer.sign(json.loads(json.dumps(scenes.items[0]))))["assets"]["B02"]["href"]
+        href = blob_server.rewrite_item(planetary_computer.sign(json.loads(json.dumps(scenes.items[0]))))["assets"][
+            "B02"
+        ]["href"]
         with urllib.request.urlopen(href, timeout=10) as r:
             assert r.status == 200  # a fresh token is accepted …
         time.sleep(1.5)
@@ -205,8 +249,12 @@ def test_expiring_planetary_computer_tokens_are_renewed(pgstac, blob_server, pc_
         assert e.value.code == 403  # … and refused once expired
 
         blob_server.set_token_lifetime(61)
-        preset = dc_replace(PRESETS["planetary-computer"], url=pgstac.url, collection="s2-tokens",
-                            sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)))  # fmt: skip
+        preset = dc_replace(
+            PRESETS["planetary-computer"],
+            url=pgstac.url,
+            collection="s2-tokens",
+            sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)),
+        )
         items = S.search(preset, AOI)
 
         class Slow(pipeline.Progress):
@@ -216,14 +264,22 @@ def test_expiring_planetary_computer_tokens_are_renewed(pgstac, blob_server, pc_
         before = len(blob_server.tokens_issued)
         blob_server.clear_requests()
         package = M.load("default")
-        report = pipeline.enhance(items, preset, AOI, tmp_path / "out", package, LocalEngine(package), tile_size=64,
-                                  progress=Slow())  # fmt: skip
+        report = pipeline.enhance(
+            items, preset, AOI, tmp_path / "out", package, LocalEngine(package), tile_size=64, progress=Slow()
+        )
         assert len(report.items) == 2
         assert len(blob_server.tokens_issued) - before >= 2  # renewed during the run
         assert all(r.status in (200, 206) for r in blob_server.requests)  # no read with an expired token
-        REPORT.append({"fault": "PC tokens expiring during the run", "requests": len(blob_server.requests),
-                       "injected": len(blob_server.tokens_issued) - before, "retried": 0,
-                       "outcome": "renewed, complete", "data lost": "none"})  # fmt: skip
+        REPORT.append(
+            {
+                "fault": "PC tokens expiring during the run",
+                "requests": len(blob_server.requests),
+                "injected": len(blob_server.tokens_issued) - before,
+                "retried": 0,
+                "outcome": "renewed, complete",
+                "data lost": "none",
+            }
+        )
     finally:
         blob_server.set_token_lifetime(3600)
         pgstac.delete_collection("s2-tokens")  # only ours: the module's other collections stay
@@ -241,8 +297,17 @@ def test_output_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_p
 
     data = np.random.default_rng(0).integers(100, 3000, (4, 200, 200)).astype(np.uint16)
     src = tmp_path / "in.tif"
-    with rasterio.open(src, "w", driver="GTiff", width=200, height=200, count=4, dtype="uint16", crs="EPSG:32632",
-                       transform=Affine(10, 0, 600000, 0, -10, 5300000)) as dst:  # fmt: skip
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=200,
+        height=200,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=Affine(10, 0, 600000, 0, -10, 5300000),
+    ) as dst:
         dst.write(data)
     out = tmp_path / "out"
     out.mkdir()
@@ -257,8 +322,16 @@ def test_output_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_p
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"cannot write {out / 'sr.tif'}" in errors[0], r.stderr
     assert "Traceback" not in r.stderr and list(out.iterdir()) == []
-    REPORT.append({"fault": "disk full mid-COG (file size limit)", "requests": "-", "injected": 1, "retried": 0,
-                   "outcome": "clear error", "data lost": "none"})  # fmt: skip
+    REPORT.append(
+        {
+            "fault": "disk full mid-COG (file size limit)",
+            "requests": "-",
+            "injected": 1,
+            "retried": 0,
+            "outcome": "clear error",
+            "data lost": "none",
+        }
+    )
 
 
 def test_no_secret_in_logs_at_any_level(pgstac, blob_server, pc_stand_in, monkeypatch, caplog, tmp_path):
@@ -275,15 +348,21 @@ def test_no_secret_in_logs_at_any_level(pgstac, blob_server, pc_stand_in, monkey
     scenes = SC.make_scenes(blob_server, "planetary-computer", collection="s2-logs")
     SC.load(pgstac, scenes)
     try:
-        preset = dc_replace(PRESETS["planetary-computer"], url=pgstac.url, collection="s2-logs",
-                            sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)))  # fmt: skip
+        preset = dc_replace(
+            PRESETS["planetary-computer"],
+            url=pgstac.url,
+            collection="s2-logs",
+            sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)),
+        )
         before = len(blob_server.tokens_issued)
         with caplog.at_level(logging.DEBUG):
             logging.getLogger().setLevel(logging.DEBUG)
             package = M.load("default")
             items = S.search(preset, AOI)
             report = pipeline.enhance(items, preset, AOI, tmp_path / "out", package, LocalEngine(package), tile_size=64)
-            logging.getLogger("probe").debug("signed %s", blob_server.rewrite_item(planetary_computer.sign(items[0]))["assets"]["B02"]["href"])
+            logging.getLogger("probe").debug(
+                "signed %s", blob_server.rewrite_item(planetary_computer.sign(items[0]))["assets"]["B02"]["href"]
+            )
     finally:
         pgstac.delete_collection("s2-logs")
     assert len(report.items) == 2 and len(blob_server.tokens_issued) > before
@@ -292,8 +371,16 @@ def test_no_secret_in_logs_at_any_level(pgstac, blob_server, pc_stand_in, monkey
     for secret in [blob_server.secret, *blob_server.issued_sigs, *blob_server.tokens_issued]:
         assert secret not in text
     assert "sig=" not in text
-    REPORT.append({"fault": "secrets in DEBUG logs (GDAL CPL_DEBUG on)", "requests": len(caplog.records),
-                   "injected": 0, "retried": 0, "outcome": "none found", "data lost": "none"})  # fmt: skip
+    REPORT.append(
+        {
+            "fault": "secrets in DEBUG logs (GDAL CPL_DEBUG on)",
+            "requests": len(caplog.records),
+            "injected": 0,
+            "retried": 0,
+            "outcome": "none found",
+            "data lost": "none",
+        }
+    )
 
 
 def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tmp_path):
@@ -307,14 +394,32 @@ def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tm
     from rio_cogeo.cogeo import cog_validate
 
     out = tmp_path / "out"
-    args = ["enhance", "--catalog", "earth-search", "--stac-url", pgstac.url, "--collection", COLLECTION,
-            "--bbox", *map(str, AOI), "--out", str(out), "--no-ray", "--tile-size", "64"]  # fmt: skip
+    args = [
+        "enhance",
+        "--catalog",
+        "earth-search",
+        "--stac-url",
+        pgstac.url,
+        "--collection",
+        COLLECTION,
+        "--bbox",
+        *map(str, AOI),
+        "--out",
+        str(out),
+        "--no-ray",
+        "--tile-size",
+        "64",
+    ]
     log = tmp_path / "enhance.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("stacsr")), *args], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("stacsr")), *args], stdout=f, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 120
     while not list(out.glob("*/*/*.tif")):
-        assert proc.poll() is None and time.monotonic() < deadline, f"enhance ended before a COG: {log.read_text()[-2000:]}"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            f"enhance ended before a COG: {log.read_text()[-2000:]}"
+        )
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
@@ -334,17 +439,27 @@ def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tm
     r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert len(published()) == 2
-    REPORT.append({"fault": "SIGKILL of enhance after its first COG", "requests": "-", "injected": 1, "retried": 0,
-                   "outcome": "re-run completes", "data lost": "none"})  # fmt: skip
+    REPORT.append(
+        {
+            "fault": "SIGKILL of enhance after its first COG",
+            "requests": "-",
+            "injected": 1,
+            "retried": 0,
+            "outcome": "re-run completes",
+            "data lost": "none",
+        }
+    )
 
 
 def test_log_scrubbing_removes_every_kind_of_credential():
     import logging
 
-    from stacsr.redaction import looks_secret, scrub
+    from stacsr.plumbing.redaction import looks_secret, scrub
 
-    text = ("GET https://acc.blob.core.windows.net/c/B02.tif?st=2026&se=2026-01-01T12:52:44Z&sig=S3CR3T: 403 "
-            "s3://AKIAABCDEFGHIJKLMNOP:hunter2@bucket/key Authorization: Bearer eyJ.abc-def Basic dXNlcjpw")
+    text = (
+        "GET https://acc.blob.core.windows.net/c/B02.tif?st=2026&se=2026-01-01T12:52:44Z&sig=S3CR3T: 403 "
+        "s3://AKIAABCDEFGHIJKLMNOP:hunter2@bucket/key Authorization: Bearer eyJ.abc-def Basic dXNlcjpw"
+    )
     clean = scrub(text)
     for secret in ("S3CR3T", "se=", "hunter2", "AKIAABCDEFGHIJKLMNOP", "eyJ.abc-def", "dXNlcjpw"):
         assert secret not in clean, secret

@@ -20,15 +20,25 @@ from stacsr.train import degrade as D
 from stacsr.train.config import OptimiserSection, from_dict
 from stacsr.train.data import read_pair
 from stacsr.train.loop import augment
-from stacsr.train.pairs import PairsError, build_image_manifest, read_manifest
+from stacsr.train.manifest import PairsError, read_manifest
+from stacsr.train.pairs_images import build_image_manifest
 
 BANDS = ("B02", "B03", "B04", "B08")
 ORIGIN = Affine(10, 0, 600000, 0, -10, 5700000)
 
 
 def write(path: Path, data: np.ndarray, names: list[str] | None) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs="EPSG:32631", transform=ORIGIN) as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs="EPSG:32631",
+        transform=ORIGIN,
+    ) as dst:
         dst.write(data)
         for i, n in enumerate(names or [], 1):
             dst.set_band_description(i, n)
@@ -87,8 +97,22 @@ def test_image_manifest_rows_read_back_the_file_pixels(tmp_path, stack):
 def test_cli_pairs_from_images(tmp_path, stack):
     path, _ = stack
     out = tmp_path / "pairs.parquet"
-    result = CliRunner().invoke(app, ["pairs", "--images", str(path.parent), "--patch-size", "16", "--stride", "8",
-                                      "--patches", "6", "--out", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "pairs",
+            "--images",
+            str(path.parent),
+            "--patch-size",
+            "16",
+            "--stride",
+            "8",
+            "--patches",
+            "6",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert read_manifest(out).num_rows == 6
     bad = CliRunner().invoke(app, ["pairs", "--images", str(path), "--bbox", "0", "0", "1", "1", "--out", str(out)])

@@ -116,7 +116,6 @@ def test_wgan_gp_on_a_linear_critic_by_hand():
     D = linear_critic(0.5, 0.5)  # ‖w‖² = 0.25 + 4 · 0.25 = 1.25; D(flat a) = 0.5a + 4 · 0.5a = 2.5a
     real, fake = two_scale([0.1, 0.2]), two_scale([0.3, 0.04])
     out = L.discriminator_loss("wgan-gp", D, real, fake, gp_weight=10.0, drift=1e-3)
-    d_real, d_fake = [0.25, 0.5], [0.75, 0.1]
     gp = (math.sqrt(1.25) - 1) ** 2
     drift = (0.25**2 + 0.5**2) / 2
     wasserstein = (0.75 + 0.1) / 2 - (0.25 + 0.5) / 2

@@ -20,14 +20,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_DIR = ROOT / "tests" / "schemas" / "kuberay-crds"  # KubeRay v1.7.0's CRDs (tests/schemas/kuberay-crds/README.md)
-KUBERAY_KINDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
-                 "RayCronJob": "ray.io_raycronjobs.yaml"}
+KUBERAY_KINDS = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayCronJob": "ray.io_raycronjobs.yaml",
+}
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 YAML_FILES = sorted(p for d in ("infra", "jobs") for p in (ROOT / d).rglob("*") if p.suffix in {".yaml", ".yml"})
 # Kubernetes objects (apiVersion + kind) as opposed to Helm values, job specs and training configs.
-MANIFESTS = [(p, i, doc) for p in YAML_FILES for i, doc in enumerate(yaml.load_all(p.read_text(), Loader))
-             if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc]
+MANIFESTS = [
+    (p, i, doc)
+    for p in YAML_FILES
+    for i, doc in enumerate(yaml.load_all(p.read_text(), Loader))
+    if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc
+]
 
 
 def _id(item) -> str:
@@ -99,10 +106,16 @@ def job_specs() -> list[tuple[str, dict]]:
 
 # --- parsing -------------------------------------------------------------------------------------------------
 
+
 def test_yaml_files_found():
     names = {p.relative_to(ROOT).as_posix() for p in YAML_FILES}
-    assert {"infra/kuberay/raycluster.yaml", "infra/kuberay/operator-values.yaml",
-            "jobs/kuberay/train-rayjob.yaml", "jobs/examples/train.yaml", *BATCH_FILES} <= names
+    assert {
+        "infra/kuberay/raycluster.yaml",
+        "infra/kuberay/operator-values.yaml",
+        "jobs/kuberay/train-rayjob.yaml",
+        "jobs/examples/train.yaml",
+        *BATCH_FILES,
+    } <= names
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -113,6 +126,7 @@ def test_yaml_parses(path):
 
 # --- KubeRay kinds against the CRDs ---------------------------------------------------------------------------
 
+
 def strict_schema(schema):
     """A Kubernetes structural schema rewritten for jsonschema: objects with `properties` are closed
     (additionalProperties false) unless they carry x-kubernetes-preserve-unknown-fields or already say what
@@ -121,16 +135,20 @@ def strict_schema(schema):
         return [strict_schema(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: (strict_schema(v) if k not in ("enum", "default", "example", "required") else v)
-           for k, v in schema.items()}
+    out = {
+        k: (strict_schema(v) if k not in ("enum", "default", "example", "required") else v) for k, v in schema.items()
+    }
     if "properties" in out:
         # `properties` maps field names to schemas: rewrite each, not the mapping itself as a schema
         out["properties"] = {k: strict_schema(v) for k, v in schema["properties"].items()}
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -171,10 +189,12 @@ def _raycluster():
 @pytest.mark.parametrize("where", ["spec", "head-container", "worker-group", "autoscaler"])
 def test_unknown_key_rejected(where):
     doc = _raycluster()
-    target = {"spec": lambda d: d["spec"],
-              "head-container": lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0],
-              "worker-group": lambda d: d["spec"]["workerGroupSpecs"][0],
-              "autoscaler": lambda d: d["spec"]["autoscalerOptions"]}[where](doc)
+    target = {
+        "spec": lambda d: d["spec"],
+        "head-container": lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0],
+        "worker-group": lambda d: d["spec"]["workerGroupSpecs"][0],
+        "autoscaler": lambda d: d["spec"]["autoscalerOptions"],
+    }[where](doc)
     target["replicaz"] = 3  # a typo the API server would prune silently
     errors = crd_errors(doc)
     assert errors and any("replicaz" in e for e in errors), errors
@@ -191,11 +211,15 @@ def test_wrong_type_rejected_and_int_or_string_accepted():
 
 
 def test_strict_schema_rewrite():
-    schema = {"type": "object", "properties": {
-        "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {}}},
-        "map": {"type": "object", "additionalProperties": {"type": "string"}},
-        "q": {"x-kubernetes-int-or-string": True},
-        "properties": {"type": "object", "properties": {"x": {"type": "string"}}}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {}}},
+            "map": {"type": "object", "additionalProperties": {"type": "string"}},
+            "q": {"x-kubernetes-int-or-string": True},
+            "properties": {"type": "object", "properties": {"x": {"type": "string"}}},
+        },
+    }
     s = strict_schema(schema)
     assert s["additionalProperties"] is False
     assert "additionalProperties" not in s["properties"]["open"]
@@ -205,6 +229,7 @@ def test_strict_schema_rewrite():
 
 
 # --- built-in kinds and pod templates with kubernetes-validate ----------------------------------------------
+
 
 def _kv():
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (test extra)")
@@ -229,8 +254,12 @@ def _pod_templates(doc):
 
 
 def _validate_pod_template(kv, version, template):
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t", **template.get("metadata", {})},
-           "spec": template["spec"]}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "t", **template.get("metadata", {})},
+        "spec": template["spec"],
+    }
     kv.validate(pod, version, strict=True)
 
 
@@ -244,13 +273,18 @@ def test_kuberay_pod_templates_valid_pods(item):
 
 def test_builtin_validation_rejects_unknown_key():
     kv, version = _kv()
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t"},
-           "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "Always"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "t"},
+        "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "Always"}]},
+    }
     with pytest.raises(kv.ValidationError):
         kv.validate(pod, version, strict=True)
 
 
 # --- what the manifests say ------------------------------------------------------------------------------------
+
 
 def _ray_pin() -> str:
     m = re.search(r'"ray\[[^\]]*\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
@@ -261,8 +295,11 @@ def _ray_pin() -> str:
 @pytest.mark.parametrize("item", _of_kind(*KUBERAY_KINDS))
 def test_ray_version_matches_package_pin(item):
     doc = item[2]
-    spec = doc["spec"] if doc["kind"] == "RayCluster" else (
-        doc["spec"].get("jobTemplate", doc["spec"]).get("rayClusterSpec"))
+    spec = (
+        doc["spec"]
+        if doc["kind"] == "RayCluster"
+        else (doc["spec"].get("jobTemplate", doc["spec"]).get("rayClusterSpec"))
+    )
     if spec:
         assert spec["rayVersion"] == _ray_pin()
 
@@ -315,8 +352,10 @@ def test_train_rayjob_settings():
         assert opt in args
     assert "--gpu" in args
     workers = int(args[args.index("--workers") + 1])
-    gpus = sum(g["replicas"] * g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
-               for g in spec["rayClusterSpec"]["workerGroupSpecs"])
+    gpus = sum(
+        g["replicas"] * g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+    )
     assert gpus >= workers
 
 
@@ -333,8 +372,12 @@ def _config_file(item, tmp_path) -> Path:
     names = set()
     for tpl in templates:
         volumes = {v["name"]: v for v in tpl["spec"].get("volumes", [])}
-        mounts = [m for c in tpl["spec"]["containers"] for m in c.get("volumeMounts", [])
-                  if PurePosixPath(m["mountPath"]) == cfg.parent]
+        mounts = [
+            m
+            for c in tpl["spec"]["containers"]
+            for m in c.get("volumeMounts", [])
+            if PurePosixPath(m["mountPath"]) == cfg.parent
+        ]
         assert mounts, f"{cfg.parent} is not mounted in every Ray pod"
         names.add(volumes[mounts[0]["name"]]["configMap"]["name"])
     (name,) = names
@@ -355,6 +398,7 @@ def test_train_config_of_rayjob_loads(tmp_path):
 
 
 # --- batch: the RayJob, its two weekly schedules, the job spec they mount ------------------------------------
+
 
 def _rayjob_doc(spec, name="t"):
     return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": name}, "spec": spec}
@@ -410,7 +454,7 @@ def test_crd_check_sees_a_broken_raycronjob_template():
     doc = copy.deepcopy(_one(RAYCRONJOB, "RayCronJob"))
     assert crd_errors(doc) == []
     doc["spec"]["jobTemplate"]["shutdownAfterJobFinish"] = True  # typo
-    doc["spec"]["concurrencyPolicy"] = "Forbid"                   # a CronJob field RayCronJob does not have
+    doc["spec"]["concurrencyPolicy"] = "Forbid"  # a CronJob field RayCronJob does not have
     errors = crd_errors(doc)
     assert any("shutdownAfterJobFinish" in e for e in errors) and any("concurrencyPolicy" in e for e in errors)
 
@@ -420,8 +464,11 @@ def test_rayjob_names_fit_kuberay_limits():
     generateName and RayCronJob add 5 random characters (after a '-' for the RayCronJob)."""
     names = [d["metadata"]["name"] for _, _, d in MANIFESTS if d["kind"] == "RayJob"]
     names += [d["metadata"]["name"] + "-abcde" for _, _, d in MANIFESTS if d["kind"] == "RayCronJob"]
-    names += [d["metadata"].get("name") or d["metadata"]["generateName"] + "abcde"
-              for _, _, d in EMBEDDED if d["kind"] == "RayJob"]
+    names += [
+        d["metadata"].get("name") or d["metadata"]["generateName"] + "abcde"
+        for _, _, d in EMBEDDED
+        if d["kind"] == "RayJob"
+    ]
     assert names
     for name in names:
         assert len(name) <= 47 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
@@ -492,10 +539,13 @@ def test_batch_rayjob(item):
     cluster = spec["rayClusterSpec"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # actors go to the workers
     workers = cluster["workerGroupSpecs"]
-    cpus = sum(g["replicas"] * _cpu(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
-               for g in workers)
-    gpus = sum(g["replicas"] * g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
-               for g in workers)
+    cpus = sum(
+        g["replicas"] * _cpu(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) for g in workers
+    )
+    gpus = sum(
+        g["replicas"] * g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+        for g in workers
+    )
     res = job["resources"]
     assert cpus >= res["actors"], f"{source}: {cpus} worker CPUs for {res['actors']} one-CPU actors"
     assert gpus >= res["actors"] * res["gpus_per_actor"], source
@@ -621,8 +671,12 @@ def test_cronjob_rbac_is_exactly_what_the_script_needs():
     docs, cron, pod, container, manifests = _cronjob_parts()
     sa = _one(CRONJOB, "ServiceAccount")
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"
-                  and any(s["kind"] == "ServiceAccount" and s["name"] == sa["metadata"]["name"] for s in d["subjects"])]
+    (binding,) = [
+        d
+        for d in docs
+        if d["kind"] == "RoleBinding"
+        and any(s["kind"] == "ServiceAccount" and s["name"] == sa["metadata"]["name"] for s in d["subjects"])
+    ]
     assert all("namespace" not in s for s in binding["subjects"])  # the binding's namespace, wherever applied
     assert binding["roleRef"]["kind"] == "Role"  # namespaced: no ClusterRole
     role = _one(CRONJOB, "Role", binding["roleRef"]["name"])
@@ -638,16 +692,31 @@ def test_cronjob_rbac_is_exactly_what_the_script_needs():
     assert granted == needed == {("ray.io", "rayjobs"): {"create", "list", "delete"}}
 
 
-@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("awk") and shutil.which("head")),
-                    reason="needs bash, awk, head")
-@pytest.mark.parametrize("runs, created, deleted, code", [
-    ([], True, [], 0),
-    ([("w-1", "Complete")], True, [], 0),
-    ([("w-1", "Failed"), ("w-2", "ValidationFailed"), ("w-3", "Complete"), ("w-4", "Complete"),
-      ("w-5", "Complete")], True, ["w-1", "w-2"], 0),
-    ([("w-1", "Complete"), ("w-2", "Running")], False, [], 3),
-    ([("w-1", "<none>")], False, [], 3),  # just created: no status yet
-], ids=["first", "one-earlier", "prune", "running", "new"])
+@pytest.mark.skipif(
+    not (shutil.which("bash") and shutil.which("awk") and shutil.which("head")), reason="needs bash, awk, head"
+)
+@pytest.mark.parametrize(
+    "runs, created, deleted, code",
+    [
+        ([], True, [], 0),
+        ([("w-1", "Complete")], True, [], 0),
+        (
+            [
+                ("w-1", "Failed"),
+                ("w-2", "ValidationFailed"),
+                ("w-3", "Complete"),
+                ("w-4", "Complete"),
+                ("w-5", "Complete"),
+            ],
+            True,
+            ["w-1", "w-2"],
+            0,
+        ),
+        ([("w-1", "Complete"), ("w-2", "Running")], False, [], 3),
+        ([("w-1", "<none>")], False, [], 3),  # just created: no status yet
+    ],
+    ids=["first", "one-earlier", "prune", "running", "new"],
+)
 def test_cronjob_script(tmp_path, runs, created, deleted, code):
     """The CronJob's script against a stand-in kubectl: one run at a time, then create, then prune."""
     _, _, _, container, _ = _cronjob_parts()
@@ -659,9 +728,18 @@ def test_cronjob_script(tmp_path, runs, created, deleted, code):
     fake.chmod(0o755)
     script = container["args"][0].replace("/tmp/", f"{tmp_path}/")
     result = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, timeout=30,
-        env={**env, "HOME": str(tmp_path), "PATH": f"{fake.parent}:/usr/bin:/bin",
-             "CALLS": str(tmp_path / "calls"), "RUNS": str(tmp_path / "runs.txt")})
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **env,
+            "HOME": str(tmp_path),
+            "PATH": f"{fake.parent}:/usr/bin:/bin",
+            "CALLS": str(tmp_path / "calls"),
+            "RUNS": str(tmp_path / "runs.txt"),
+        },
+    )
     assert result.returncode == code, result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[0].startswith(f"get rayjobs -l {env['SELECTOR']} ")
@@ -715,15 +793,22 @@ def test_no_literal_secrets(path):
     assert secret_problems(path.read_text()) == [], path
 
 
-@pytest.mark.parametrize("bad", [
-    {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}]},
-    {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
-    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}},
-    {"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},
-    {"id": "AKIAIOSFODNN7EXAMPLE"},
-    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "data": {"rayjob.yaml": yaml.safe_dump(
-        {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]})}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}]},
+        {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}},
+        {"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},
+        {"id": "AKIAIOSFODNN7EXAMPLE"},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "m"},
+            "data": {"rayjob.yaml": yaml.safe_dump({"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]})},
+        },
+    ],
+)
 def test_secret_check_catches_literal(bad):
     assert secret_problems(yaml.safe_dump(bad))
 

@@ -206,8 +206,14 @@ def test_consistent_generator_degrades_back_to_its_input(scale):
     assert np.abs(means - x).max() <= 1.0
     inconsistent = Generator(GeneratorConfig(bands=4, scale=scale, features=8, blocks=1))
     inconsistent.load_state_dict(g.state_dict())
-    y0 = Predictor(ModelPackage(ModelCard("t", "0", card.bands, card.common_names, inconsistent.config.to_dict()),
-                                inconsistent.eval(), "x", b""))(x).astype(np.float64)  # fmt: skip
+    y0 = Predictor(
+        ModelPackage(
+            ModelCard("t", "0", card.bands, card.common_names, inconsistent.config.to_dict()),
+            inconsistent.eval(),
+            "x",
+            b"",
+        )
+    )(x).astype(np.float64)
     means0 = y0.reshape(n, b, h // scale, scale, w // scale, scale).mean(axis=(3, 5))
     assert np.abs(means0 - x).max() > 50  # the same weights without the constraint are far off
 

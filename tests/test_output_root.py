@@ -59,7 +59,9 @@ def test_enhance_refuses_hostile_ids_before_any_work(demo_items, package, tmp_pa
     before = listing(tmp_path)
     with pytest.raises(ValueError, match=r"cannot name a file or object key safely") as e:
         pipeline.enhance(items, demo.demo_preset(), demo.BBOX, out, package, LocalEngine(package))
-    assert len(str(e.value).splitlines()) == 1 and {"id": "item id", "collection": "collection id"}[field] in str(e.value)
+    assert len(str(e.value).splitlines()) == 1 and {"id": "item id", "collection": "collection id"}[field] in str(
+        e.value
+    )
     assert listing(tmp_path, skip=out) == before
     assert not out.exists() or not any(out.rglob("*.tif"))
     assert not Path("/abs").exists()
@@ -112,13 +114,25 @@ def hostile_sources(pgstac, blob_server):
 
 
 def batch_spec(pgstac, output: str, publish: dict) -> J.JobSpec:
-    return J.from_dict({"name": "root", "areas": [{"name": "a", "bbox": list(AOI)}], "catalog": "earth-search",
-                        "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": output,
-                        "publish": publish, "resources": {"tile_size": 64}})  # fmt: skip
+    return J.from_dict(
+        {
+            "name": "root",
+            "areas": [{"name": "a", "bbox": list(AOI)}],
+            "catalog": "earth-search",
+            "stac_url": pgstac.url,
+            "collection": COLLECTION,
+            "best_per_tile": False,
+            "output": output,
+            "publish": publish,
+            "resources": {"tile_size": 64},
+        }
+    )
 
 
 def run(spec: J.JobSpec, package) -> dict:
-    return B.run(spec, resolve(spec.catalog, spec.collection, spec.bands, spec.stac_url), package, LocalEngine(package)).to_dict()
+    return B.run(
+        spec, resolve(spec.catalog, spec.collection, spec.bands, spec.stac_url), package, LocalEngine(package)
+    ).to_dict()
 
 
 def check_report(report: dict) -> None:
@@ -145,7 +159,11 @@ def test_batch_to_s3_writes_no_key_outside_its_prefix(hostile_sources, pgstac, p
     pgstac.delete_items(f"{COLLECTION}-sr")
     report = run(batch_spec(pgstac, f"s3://{bucket}/deep/prefix", {"api": pgstac.url}), package)
     check_report(report)
-    keys = [i.path for i in s3.filesystem.get_file_info(fs.FileSelector(bucket, recursive=True)) if i.type == fs.FileType.File]
+    keys = [
+        i.path
+        for i in s3.filesystem.get_file_info(fs.FileSelector(bucket, recursive=True))
+        if i.type == fs.FileType.File
+    ]
     assert keys and all(k.startswith(f"{bucket}/deep/prefix/") for k in keys), keys
     assert not any(".." in k for k in keys)
     assert sum(k.endswith(".tif") for k in keys) == 8
@@ -154,14 +172,23 @@ def test_batch_to_s3_writes_no_key_outside_its_prefix(hostile_sources, pgstac, p
 @pytest.mark.parametrize("collection", ["../../c", "a/b", ".hidden", "x" * 300])
 def test_a_spec_with_a_hostile_collection_is_refused(collection):
     with pytest.raises(J.SpecError, match=r"publish.collection .* cannot name a file or object key safely"):
-        J.from_dict({"name": "t", "areas": [{"name": "a", "bbox": [4.3, 50.8, 4.4, 50.9]}], "output": "out",
-                     "publish": {"catalog": "out", "collection": collection}})  # fmt: skip
+        J.from_dict(
+            {
+                "name": "t",
+                "areas": [{"name": "a", "bbox": [4.3, 50.8, 4.4, 50.9]}],
+                "output": "out",
+                "publish": {"catalog": "out", "collection": collection},
+            }
+        )
 
 
 def test_names_are_checked_as_documented():
     from stacsr.catalog.items import check_name, output_names
 
-    assert output_names({"id": "S2A_X", "collection": "sentinel-2-l2a"}, "alps") == ("sentinel-2-l2a-sr", "S2A_X_sr_alps")
+    assert output_names({"id": "S2A_X", "collection": "sentinel-2-l2a"}, "alps") == (
+        "sentinel-2-l2a-sr",
+        "S2A_X_sr_alps",
+    )
     assert check_name("item id", "a" * 200) == "a" * 200
     for bad in [*HOSTILE, "", None, 7, "a\x00b", ".x", "é" * 101]:
         with pytest.raises(ValueError):
@@ -191,8 +218,17 @@ def test_sr_never_overwrites_its_input(tmp_path, monkeypatch):
     from affine import Affine
 
     src = tmp_path / "a.tif"
-    with rasterio.open(src, "w", driver="GTiff", width=20, height=20, count=4, dtype="uint16", crs="EPSG:32632",
-                       transform=Affine(10, 0, 600000, 0, -10, 5300000)) as dst:  # fmt: skip
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=20,
+        height=20,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=Affine(10, 0, 600000, 0, -10, 5300000),
+    ) as dst:
         dst.write(np.full((4, 20, 20), 900, np.uint16))
     original = src.read_bytes()
     (tmp_path / "link.tif").symlink_to(src)
@@ -208,9 +244,11 @@ def test_sr_never_overwrites_its_input(tmp_path, monkeypatch):
 def test_bad_options_are_refused_before_any_request(tmp_path):
     """The STAC API here is a closed port: a check that came after the request would fail differently."""
     base = ["--bbox", "11.4", "48.1", "11.5", "48.2", "--catalog", "http://127.0.0.1:9/stac", "--collection", "c"]
-    for extra, message in ((["--max-cloud", "150"], "max cloud cover 150 is not a percentage"),
-                           (["--max-cloud", "-1"], "max cloud cover -1 is not a percentage"),
-                           (["--datetime", "2024-13-45"], "datetime")):  # fmt: skip
+    for extra, message in (
+        (["--max-cloud", "150"], "max cloud cover 150 is not a percentage"),
+        (["--max-cloud", "-1"], "max cloud cover -1 is not a percentage"),
+        (["--datetime", "2024-13-45"], "datetime"),
+    ):
         assert message in one_line_failure(["search", *base, *extra])
         assert message in one_line_failure(["enhance", *base, *extra, "--out", str(tmp_path / "out"), "--no-ray"])
     assert not (tmp_path / "out").exists()

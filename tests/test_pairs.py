@@ -1,4 +1,4 @@
-"""Wald pair manifests (stacsr.train.pairs) against the real local services.
+"""Wald pair manifests (stacsr.train.pairs_wald, stacsr.train.manifest) against the real local services.
 
 The demo's two Planetary-Computer-style items are searched in pgstac and their SCL read from the blob server
 (which refuses unsigned requests), signed through the SAS stand-in. One SCL gets a cloud patch and the other
@@ -23,7 +23,9 @@ from stacsr.catalog import search as S
 from stacsr.catalog.presets import PRESETS
 from stacsr.io import grid as G
 from stacsr.io.write import write_cog
-from stacsr.train import pairs as P
+from stacsr.train import manifest as P
+from stacsr.train import pairs_wald as W
+from stacsr.train import sampling as SA
 from tests.fixtures import scenes as SC
 from tests.fixtures.s3 import s3  # noqa: F401  (session fixture)
 from tests.fixtures.services import planetary_computer_stand_in
@@ -52,8 +54,11 @@ def _add_clouds(blob_server):
 def pc_preset(pgstac, blob_server):
     import planetary_computer
 
-    return replace(PRESETS["planetary-computer"], url=pgstac.url,
-                   sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)))  # fmt: skip
+    return replace(
+        PRESETS["planetary-computer"],
+        url=pgstac.url,
+        sign=lambda item: blob_server.rewrite_item(planetary_computer.sign(item)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def built(pgstac, blob_server):
             preset = pc_preset(pgstac, blob_server)
             items = S.search(preset, AOI)
             blob_server.clear_requests()
-            table = P.build_wald_manifest(items, preset, AOI, 12, PATCH, SCALE, seed=3, min_valid=1.0)
+            table = W.build_wald_manifest(items, preset, AOI, 12, PATCH, SCALE, seed=3, min_valid=1.0)
             requests = blob_server.requests
     finally:
         pgstac.reset()
@@ -77,7 +82,7 @@ def scl_valid_10m(scenes, item_id: str) -> np.ndarray:
     """Clear mask on the 10 m grid, straight from the SCL file (each 20 m pixel covers 2×2)."""
     with rasterio.open(scenes.file(item_id, "SCL")) as src:
         scl = src.read(1)
-    return np.repeat(np.repeat(~np.isin(scl, list(P.INVALID_SCL)), 2, axis=0), 2, axis=1)
+    return np.repeat(np.repeat(~np.isin(scl, list(SA.INVALID_SCL)), 2, axis=0), 2, axis=1)
 
 
 def test_manifest_rows_and_spread(built):
@@ -113,7 +118,7 @@ def test_valid_fraction_matches_scl_and_threshold_is_applied(built, blob_server)
     scenes, items, preset, _, _ = built
     new = next(i for i in items if i["id"] == SC.NEW)
     with planetary_computer_stand_in(blob_server.sas_url):
-        found = P.sample_wald_windows(new, preset, AOI, 400, PATCH, np.random.default_rng(0), min_valid=0.5)
+        found = SA.sample_wald_windows(new, preset, AOI, 400, PATCH, np.random.default_rng(0), min_valid=0.5)
     valid = scl_valid_10m(scenes, SC.NEW)
     fractions = [valid[w.window.slices].mean() for w in found]
     assert [w.valid_fraction for w in found] == pytest.approx(fractions, abs=1e-12)
@@ -126,7 +131,7 @@ def test_valid_fraction_matches_scl_and_threshold_is_applied(built, blob_server)
 def test_non_overlapping_windows_first(built, blob_server):
     _, items, preset, _, _ = built
     with planetary_computer_stand_in(blob_server.sas_url):
-        found = P.sample_wald_windows(items[0], preset, AOI, 4, PATCH, np.random.default_rng(1), min_valid=1.0)
+        found = SA.sample_wald_windows(items[0], preset, AOI, 4, PATCH, np.random.default_rng(1), min_valid=1.0)
     boxes = [shapely.box(w.window.col, w.window.row, w.window.col + PATCH, w.window.row + PATCH) for w in found]
     assert len(found) == 4
     assert all(a.intersection(b).area == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
@@ -141,8 +146,10 @@ def test_scl_read_signed_with_range_requests_and_no_token_in_manifest(built, blo
     for secret in [blob_server.secret, *blob_server.issued_sigs, "sig=", "se="]:
         assert secret not in text
     for r in table.to_pylist():
-        assert all(h.startswith("https://sentinel2l2a01.blob.core.windows.net/") and "?" not in h
-                   for h in json.loads(r["hrefs"]).values())
+        assert all(
+            h.startswith("https://sentinel2l2a01.blob.core.windows.net/") and "?" not in h
+            for h in json.loads(r["hrefs"]).values()
+        )
 
 
 def test_geometry_is_the_window_footprint_in_crs84(built):
@@ -167,8 +174,8 @@ def test_geometry_is_the_window_footprint_in_crs84(built):
 def test_deterministic_for_a_seed(built, blob_server):
     _, items, preset, table, _ = built
     with planetary_computer_stand_in(blob_server.sas_url):
-        again = P.build_wald_manifest(items, preset, AOI, 12, PATCH, SCALE, seed=3, min_valid=1.0)
-        other = P.build_wald_manifest(items, preset, AOI, 12, PATCH, SCALE, seed=4, min_valid=1.0)
+        again = W.build_wald_manifest(items, preset, AOI, 12, PATCH, SCALE, seed=3, min_valid=1.0)
+        other = W.build_wald_manifest(items, preset, AOI, 12, PATCH, SCALE, seed=4, min_valid=1.0)
     assert again.equals(table)
     assert other.column("id").to_pylist() != table.column("id").to_pylist()
 
@@ -183,7 +190,7 @@ def test_local_round_trip(built, tmp_path):
     assert json.loads(pq.read_metadata(path).metadata[b"geo"])["version"] == "1.1.0"
 
 
-def test_s3_round_trip(built, s3, monkeypatch):
+def test_s3_round_trip(built, s3, monkeypatch):  # noqa: F811
     table = built[3]
     bucket = s3.bucket()
     P.write_manifest(table, f"s3://{bucket}/pairs/a.parquet", filesystem=s3.filesystem)
@@ -220,14 +227,14 @@ def test_bad_sampling_inputs(built, blob_server):
     no_scl = {**items[0], "assets": {k: v for k, v in items[0]["assets"].items() if k != "SCL"}}
     with planetary_computer_stand_in(blob_server.sas_url):
         with pytest.raises(P.PairsError, match="no SCL asset"):
-            P.build_wald_manifest([no_scl], preset, AOI, 4, PATCH, SCALE)
+            W.build_wald_manifest([no_scl], preset, AOI, 4, PATCH, SCALE)
         with pytest.raises(P.PairsError, match="multiple of the scale"):
-            P.build_wald_manifest(items, preset, AOI, 4, 30, SCALE)
+            W.build_wald_manifest(items, preset, AOI, 4, 30, SCALE)
         with pytest.raises(P.PairsError, match="no items"):
-            P.build_wald_manifest([], preset, AOI, 4, PATCH, SCALE)
+            W.build_wald_manifest([], preset, AOI, 4, PATCH, SCALE)
         cloudy = SC.world_bbox(200, 200, 260, 260)  # inside NEW's cloud: no clear 32-px window
         with pytest.raises(P.PairsError, match="manifest would be empty"):
-            P.build_wald_manifest([i for i in items if i["id"] == SC.NEW], preset, cloudy, 4, PATCH, SCALE)
+            W.build_wald_manifest([i for i in items if i["id"] == SC.NEW], preset, cloudy, 4, PATCH, SCALE)
         with pytest.warns(UserWarning, match="only .* of 500 patches"):
-            few = P.build_wald_manifest(items, preset, AOI, 500, PATCH, SCALE, min_valid=1.0, stride=16)
+            few = W.build_wald_manifest(items, preset, AOI, 500, PATCH, SCALE, min_valid=1.0, stride=16)
     assert 0 < few.num_rows < 500

@@ -4,11 +4,14 @@ The recipes are the ``python`` blocks of README that start with ``# recipe:``; e
 placeholders (``munich``, ``https://stac.example.org``, ``sentinel-2-l2a-sr``) replaced by the real output
 folder, API and collection, then compares the pixels the recipe returned with the COG read by rasterio:
 odc-stac and stackstac on static catalogues of ``enhance`` and ``batch``, and on a STAC API that a batch
-published ``s3://`` outputs to.
+published ``s3://`` outputs to. Every output item links to the model's STAC MLM item, published with the
+outputs (``models/<id>/``), and the weights there are the ones that made the item.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -60,6 +63,29 @@ def test_readme_has_the_recipes():
     assert set(recipes()) == {"odc-stac", "stackstac", "rasterio", "STAC API"}
 
 
+def check_model_link(item: dict, read) -> None:
+    """``item`` links to an MLM item (read by ``read(href)``) whose weights are those of ``stacsr:model``."""
+    [link] = [lk for lk in item["links"] if lk["rel"] == "derived_from" and "MLM" in lk.get("title", "")]
+    model = json.loads(read(link["href"]))
+    sha = item["properties"]["stacsr:model"]["sha256"]
+    assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in model["stac_extensions"]
+    assert model["properties"]["mlm:name"] == item["properties"]["stacsr:model"]["name"]
+    assert model["assets"]["weights"]["file:checksum"] == "1220" + sha
+    weights = link["href"].rsplit("/", 1)[0] + "/" + model["assets"]["weights"]["href"].removeprefix("./")
+    assert hashlib.sha256(read(weights)).hexdigest() == sha  # the weights beside it are the ones that made the item
+
+
+def check_static_model_links(out: Path) -> None:
+    items = [(p, json.loads(p.read_text())) for p in out.glob("*/*/*.json")]  # <collection>/<item>/<item>.json
+    items = [(p, d) for p, d in items if "stacsr:model" in d.get("properties", {})]
+    assert items
+    for path, item in items:
+        link = next(lk["href"] for lk in item["links"] if "MLM" in lk.get("title", ""))
+        assert not Path(link).is_absolute()  # self-contained: relative to the item
+        assert (path.parent / link).resolve().is_relative_to(out.resolve() / "models")
+        check_model_link(item, lambda href, folder=path.parent: (folder / href).resolve().read_bytes())
+
+
 def check_static(out: Path) -> None:
     ns = run(["odc-stac"], {'"munich/catalog.json"': repr(f"{out}/catalog.json")})
     expected = cog(ns["items"][0].assets["B04"].get_absolute_href())
@@ -76,6 +102,7 @@ def test_recipes_on_enhance_outputs(tmp_path):
     items = demo.build_catalog(tmp_path / "source")
     pipeline.enhance(items, demo.demo_preset(), demo.BBOX, out, package, LocalEngine(package), tile_size=128)
     check_static(out)
+    check_static_model_links(out)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +111,23 @@ def sources(pgstac, blob_server):
 
 
 def batch(pgstac, output: str, publish: dict) -> None:
-    spec = J.from_dict({"name": "readers", "areas": [{"name": "a", "bbox": list(AOI)}], "catalog": "earth-search",
-                        "stac_url": pgstac.url, "collection": COLLECTION, "best_per_tile": False, "output": output,
-                        "publish": publish, "resources": {"tile_size": 64}})  # fmt: skip
+    spec = J.from_dict(
+        {
+            "name": "readers",
+            "areas": [{"name": "a", "bbox": list(AOI)}],
+            "catalog": "earth-search",
+            "stac_url": pgstac.url,
+            "collection": COLLECTION,
+            "best_per_tile": False,
+            "output": output,
+            "publish": publish,
+            "resources": {"tile_size": 64},
+        }
+    )
     package = M.load("default")
-    report = B.run(spec, resolve(spec.catalog, spec.collection, spec.bands, spec.stac_url), package, LocalEngine(package))
+    report = B.run(
+        spec, resolve(spec.catalog, spec.collection, spec.bands, spec.stac_url), package, LocalEngine(package)
+    )
     assert report.count("done") == 2, report.to_dict()["outcomes"]
 
 
@@ -96,6 +135,7 @@ def test_recipes_on_a_static_batch(sources, pgstac, tmp_path):
     out = tmp_path / "batch"
     batch(pgstac, str(out), {"catalog": str(out)})
     check_static(out)
+    check_static_model_links(out)
 
 
 def test_recipe_on_a_stac_api_with_s3_outputs(sources, pgstac, s3, monkeypatch):  # noqa: F811
@@ -112,3 +152,12 @@ def test_recipe_on_a_stac_api_with_s3_outputs(sources, pgstac, s3, monkeypatch):
     expected = cog(href)
     assert (expected > 0).any() and np.array_equal(ns["red"], expected)
     assert np.array_equal(ns["data"].B04.isel(time=0).values, expected)
+    from stacsr.plumbing.storage import open_fs
+
+    def read(href: str) -> bytes:
+        assert href.startswith(output + "/models/")  # absolute, inside the output root
+        fs_, path = open_fs(href)
+        with fs_.open_input_stream(path) as f:
+            return f.read()
+
+    check_model_link(item, read)

@@ -12,7 +12,6 @@ import pytest
 
 from tests.fixtures.services import PostgresCluster, PostgresMissing, sample_collection, sample_item
 
-
 # ------------------------------------------------------------------ pgstac
 
 
@@ -136,8 +135,15 @@ def _write_cog(path, size=512):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 10000, size=(2, size, size), dtype=np.uint16)
     profile = dict(
-        driver="COG", width=size, height=size, count=2, dtype="uint16", crs="EPSG:32632",
-        transform=Affine(10, 0, 600000, 0, -10, 5100000), compress="DEFLATE", blocksize=256,
+        driver="COG",
+        width=size,
+        height=size,
+        count=2,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=Affine(10, 0, 600000, 0, -10, 5100000),
+        compress="DEFLATE",
+        blocksize=256,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:

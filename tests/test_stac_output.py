@@ -28,6 +28,7 @@ from stacsr.catalog.presets import COMMON_NAMES
 from stacsr.catalog.publish import item_folder, publish_static
 from stacsr.io.write import write_cog
 from stacsr.model import package as model_package
+from stacsr.pipeline import model_ref
 from tests.fixtures.stac import (
     require_schemas,
     validate_core_with_pystac,
@@ -71,7 +72,7 @@ def make_output(root: Path, source: dict, grid: GeoBox, package, seed: int, sour
         data[:5, :7] = 0
         arrays[band] = data
         files[band] = str(write_cog(folder / f"{item_id}_{band}.tif", data, grid, [band]).resolve())
-    return build_item(source, grid, files, package, source_href=source_href), arrays
+    return build_item(source, grid, files, model_ref(package), source_href=source_href), arrays
 
 
 def read_json(path: Path) -> dict:
@@ -104,7 +105,9 @@ def published(tmp_path_factory, sources, package):
     """One item published into a fresh catalogue: (root, item, arrays, catalog.json path)."""
     root = tmp_path_factory.mktemp("out")
     item, arrays = make_output(root, sources[0], GRID1, package, seed=1)
-    catalog_file = publish_static(root, [item], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
+    catalog_file = publish_static(
+        root, [item], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a"
+    )
     return root, item, arrays, catalog_file
 
 
@@ -305,9 +308,9 @@ def test_the_catalogue_reads_back_with_pystac(published):
 
 def test_publishing_the_same_item_twice_keeps_one(tmp_path, sources, package):
     item, _ = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [item], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
+    publish_static(tmp_path, [item], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     again, _ = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [again], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
+    publish_static(tmp_path, [again], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     collection = read_json(tmp_path / COLLECTION / "collection.json")
     assert [link["rel"] for link in collection["links"]].count("item") == 1
     assert len(list(tmp_path.rglob("*_sr.json"))) == 1
@@ -316,12 +319,12 @@ def test_publishing_the_same_item_twice_keeps_one(tmp_path, sources, package):
 
 def test_publishing_another_item_adds_it_and_extends_the_extent(tmp_path, sources, package):
     first, _ = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [first], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
+    publish_static(tmp_path, [first], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     first_json = item_path(tmp_path, first.id).read_text()
     before = read_json(tmp_path / COLLECTION / "collection.json")["extent"]
 
     second, _ = make_output(tmp_path, sources[1], GRID2, package, seed=2)
-    publish_static(tmp_path, [second], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
+    publish_static(tmp_path, [second], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     collection = read_json(tmp_path / COLLECTION / "collection.json")
     item_links = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
     assert item_links == sorted(f"./{i}/{i}.json" for i in (first.id, second.id))
@@ -389,9 +392,9 @@ def test_stackstac_reads_a_catalogue_of_two_items(tmp_path, sources, package):
     import stackstac
 
     first, a1 = make_output(tmp_path, sources[0], GRID1, package, seed=1)
-    publish_static(tmp_path, [first], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
+    publish_static(tmp_path, [first], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     second, a2 = make_output(tmp_path, sources[1], GRID2, package, seed=2)
-    publish_static(tmp_path, [second], output_collection_id("sentinel-2-l2a"), package, "sentinel-2-l2a")
+    publish_static(tmp_path, [second], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     raws = _raw_items(tmp_path, first.id, second.id)
     stack = stackstac.stack(raws, assets=["B02"], dtype="uint16", fill_value=np.uint16(0), rescale=False)
     transform = stack.attrs["transform"]

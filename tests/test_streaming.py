@@ -34,9 +34,21 @@ GRID = Affine(10, 0, 600000, 0, -10, 5300000)
 
 
 def write_tif(path: Path, data: np.ndarray, **extra) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs="EPSG:32632", transform=GRID, tiled=True, blockxsize=16,
-                       blockysize=16, **extra) as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs="EPSG:32632",
+        transform=GRID,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+        **extra,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -100,8 +112,20 @@ def test_overlapping_aois_of_one_item_give_identical_pixels(tmp_path):
 def test_too_little_disk_is_one_line_before_any_compute(tmp_path):
     """A sparse 120000² input (a few kB on disk) whose 2.5 m output would need terabytes."""
     big = tmp_path / "big.tif"
-    with rasterio.open(big, "w", driver="GTiff", width=120_000, height=120_000, count=4, dtype="uint16",
-                       crs="EPSG:32632", transform=GRID, tiled=True, sparse_ok=True, bigtiff="YES") as dst:  # fmt: skip
+    with rasterio.open(
+        big,
+        "w",
+        driver="GTiff",
+        width=120_000,
+        height=120_000,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=GRID,
+        tiled=True,
+        sparse_ok=True,
+        bigtiff="YES",
+    ) as dst:
         dst.write(np.full((4, 16, 16), 500, np.uint16), window=rasterio.windows.Window(0, 0, 16, 16))
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).with_name("stacsr")), "sr", str(big), str(out / "sr.tif"), "--no-ray"]
@@ -119,7 +143,10 @@ def test_check_disk_counts_intermediates_and_cogs(tmp_path):
     assert spec.raw_bytes == 8_000_000
     check_disk(spec)  # 8 MB + a COG: fits
     huge = SinkSpec(GeoBox((10**7, 10**7), grid.affine, grid.crs), (0, 0), 4, spec.targets)
-    with pytest.raises(DiskSpaceError, match=r"not enough free disk space in .*: this item needs about 1,400,000.0 GB, [0-9,.]+ GB are free"):
+    with pytest.raises(
+        DiskSpaceError,
+        match=r"not enough free disk space in .*: this item needs about 1,400,000.0 GB, [0-9,.]+ GB are free",
+    ):
         check_disk(huge)
 
 
@@ -127,11 +154,27 @@ def test_cogs_that_could_pass_4_gb_are_bigtiff(tmp_path):
     """BIGTIFF=IF_SAFER: a 3.2 GB (raw) band that compresses to almost nothing is still written as BigTIFF;
     GDAL's default (IF_NEEDED) would make a classic TIFF, which fails when real data passes 4 GB."""
     src = tmp_path / "sparse.tif"
-    with rasterio.open(src, "w", driver="GTiff", width=40_000, height=40_000, count=1, dtype="uint16", nodata=0,
-                       crs="EPSG:32632", transform=GRID, tiled=True, sparse_ok=True, bigtiff="YES") as dst:  # fmt: skip
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=40_000,
+        height=40_000,
+        count=1,
+        dtype="uint16",
+        nodata=0,
+        crs="EPSG:32632",
+        transform=GRID,
+        tiled=True,
+        sparse_ok=True,
+        bigtiff="YES",
+    ) as dst:
         dst.write(np.full((1, 512, 512), 700, np.uint16), window=rasterio.windows.Window(0, 0, 512, 512))
     small = write_tif(tmp_path / "small.tif", np.full((1, 64, 64), 700, np.uint16))
-    for path, bigtiff in ((cog_from_file(src, tmp_path / "big-cog.tif"), True), (cog_from_file(small, tmp_path / "s.tif"), False)):
+    for path, bigtiff in (
+        (cog_from_file(src, tmp_path / "big-cog.tif"), True),
+        (cog_from_file(small, tmp_path / "s.tif"), False),
+    ):
         assert (path.read_bytes()[2:4] == b"\x2b\x00") is bigtiff  # TIFF version 43 = BigTIFF (little-endian)
         from rio_cogeo.cogeo import cog_validate
 

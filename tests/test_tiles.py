@@ -13,8 +13,8 @@ import torch
 
 from stacsr import pipeline, tiles
 from stacsr.engine import LocalEngine, RayEngine
-from stacsr.io.source import ArraySource
 from stacsr.io.grid import Window
+from stacsr.io.source import ArraySource
 from stacsr.model import package as P
 from stacsr.model.generator import Generator, GeneratorConfig
 
@@ -217,7 +217,6 @@ def test_pipeline_ray_engine_equals_local_engine(ray_local, package, whole_outpu
             assert max_abs_diff(on_ray, whole_outputs[shape]) <= 1
     finally:
         engine.close()
-
 
 
 @pytest.mark.parametrize("shape, tile_size", [((100, 37), 16), ((64, 64), 16), ((10, 300), 64), ((5, 5), 256)])

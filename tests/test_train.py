@@ -26,10 +26,11 @@ from stacsr.catalog.presets import PRESETS
 from stacsr.cli import app
 from stacsr.model import package as M
 from stacsr.train import checkpoint as C
-from stacsr.train import pairs as P
+from stacsr.train import degrade as D
+from stacsr.train import manifest as P
+from stacsr.train import pairs_wald as W
 from stacsr.train import trainer as T
 from stacsr.train.config import TrainConfig, from_dict, load_config
-from stacsr.train import degrade as D
 from stacsr.train.loop import PREVIEW_TAG, preview_image, worker_lr
 from tests.fixtures import scenes as SC
 from tests.fixtures.s3 import s3  # noqa: F401
@@ -41,9 +42,14 @@ TINY = {
     "generator": {"blocks": 1, "features": 8},
     "discriminator": {"features": 8, "max_features": 16},
     "optimiser": {"lr_g": 1e-3, "lr_d": 1e-3},
-    "batch_size": 2, "pretrain_steps": 1, "ema": 0.9, "checkpoint_every": 2, "keep_checkpoints": 2,
-    "preview_every": 2, "log_every": 1,
-}  # fmt: skip
+    "batch_size": 2,
+    "pretrain_steps": 1,
+    "ema": 0.9,
+    "checkpoint_every": 2,
+    "keep_checkpoints": 2,
+    "preview_every": 2,
+    "log_every": 1,
+}
 HALF_CPU = {"CPU": 0.5}
 
 
@@ -57,7 +63,7 @@ def pairs(blob_server, tmp_path_factory):
     scenes = SC.make_scenes(blob_server, "planetary-computer")
     preset = replace(PRESETS["planetary-computer"], sign=make_sign(blob_server.sas_url, blob_server.url))
     with planetary_computer_stand_in(blob_server.sas_url):
-        table = P.build_wald_manifest(scenes.items, preset, AOI, 8, PATCH, SCALE, seed=3, min_valid=1.0)
+        table = W.build_wald_manifest(scenes.items, preset, AOI, 8, PATCH, SCALE, seed=3, min_valid=1.0)
     assert table.num_rows == 8
     path = P.write_manifest(table, tmp_path_factory.mktemp("pairs") / "pairs.parquet")
     return str(path), preset
@@ -98,8 +104,17 @@ def test_run_checkpoints_to_s3_resumes_and_logs(pairs, s3, ray_local, pc_stand_i
     bucket = s3.bucket()
     storage, name = f"s3://{bucket}/runs", "tiny"
     fs = s3.filesystem
-    run = lambda steps: T.train(manifest, storage, name, tiny(steps=steps), 2, False, preset,  # noqa: E731
-                                storage_filesystem=fs, resources_per_worker=HALF_CPU)  # fmt: skip
+    run = lambda steps: T.train(  # noqa: E731
+        manifest,
+        storage,
+        name,
+        tiny(steps=steps),
+        2,
+        False,
+        preset,  # noqa: E731
+        storage_filesystem=fs,
+        resources_per_worker=HALF_CPU,
+    )
 
     # (a) 3 steps, checkpoints at 2 and 3 in S3 with the documented layout
     result = run(3)
@@ -140,8 +155,19 @@ def test_run_checkpoints_to_s3_resumes_and_logs(pairs, s3, ray_local, pc_stand_i
     # (c) TensorBoard under <storage>/<name>/tensorboard: every loss term, d_loss, gp, lrs, previews
     tb = C.download(f"{storage}/{name}/tensorboard", tmp_path / "tb", fs)
     scalars, images, steps = tb_tags(tb)
-    expected = {"loss/l1", "loss/l2", "loss/content", "loss/adv", "loss/g_total", "loss/d_loss", "loss/gp",
-                "loss/drift", "loss/wasserstein", "lr/generator", "lr/discriminator"}  # fmt: skip
+    expected = {
+        "loss/l1",
+        "loss/l2",
+        "loss/content",
+        "loss/adv",
+        "loss/g_total",
+        "loss/d_loss",
+        "loss/gp",
+        "loss/drift",
+        "loss/wasserstein",
+        "lr/generator",
+        "lr/discriminator",
+    }
     assert expected <= scalars, expected - scalars
     assert PREVIEW_TAG in images
     assert sorted(steps["loss/l1"]) == [1, 2, 3, 4, 5]  # each step once: the resumed run went on at 4
@@ -150,8 +176,13 @@ def test_run_checkpoints_to_s3_resumes_and_logs(pairs, s3, ray_local, pc_stand_i
     # (d) no secret in anything the run wrote (checkpoints, cards, optimiser state, TensorBoard events)
     everything = C.download(f"{storage}/{name}", tmp_path / "all", fs)
     blob = pc_stand_in
-    secrets = [blob.secret, *blob.issued_sigs, *blob.tokens_issued, s3.env["AWS_SECRET_ACCESS_KEY"],
-               s3.env["AWS_ACCESS_KEY_ID"]]  # fmt: skip
+    secrets = [
+        blob.secret,
+        *blob.issued_sigs,
+        *blob.tokens_issued,
+        s3.env["AWS_SECRET_ACCESS_KEY"],
+        s3.env["AWS_ACCESS_KEY_ID"],
+    ]
     assert blob.tokens_issued  # the patches were read with signed hrefs
     files = [p for p in everything.rglob("*") if p.is_file()]
     assert any("tfevents" in p.name for p in files)
@@ -178,10 +209,16 @@ def test_init_from_default_loads_and_mismatch_is_refused(pairs, ray_local, pc_st
     manifest, preset = pairs
     default = M.load("default")
     arch = {k: v for k, v in default.card.architecture.items()}
-    cfg = tiny(generator=arch, steps=1, optimiser={"lr_g": 1e-12, "lr_d": 1e-12}, pretrain_steps=1,
-               degradation={"kind": "mixed"})  # the workers make the LR
-    T.train(manifest, tmp_path / "runs", "init", cfg, 1, False, preset, init_from="default",
-            resources_per_worker=HALF_CPU)  # fmt: skip
+    cfg = tiny(
+        generator=arch,
+        steps=1,
+        optimiser={"lr_g": 1e-12, "lr_d": 1e-12},
+        pretrain_steps=1,
+        degradation={"kind": "mixed"},
+    )  # the workers make the LR
+    T.train(
+        manifest, tmp_path / "runs", "init", cfg, 1, False, preset, init_from="default", resources_per_worker=HALF_CPU
+    )
     folder = Path(C.latest_checkpoint(tmp_path / "runs", "init"))
     trained = load_file(str(folder / C.GENERATOR))
     start = default.generator.state_dict()
@@ -199,8 +236,7 @@ def test_mixed_wald_pairs_get_a_fresh_lr_on_the_worker(pairs):
     table = P.read_manifest(pairs[0])
     mixed, area = tiny(degradation={"kind": "mixed"}), tiny()
     assert T.degrades_in_loop(mixed, table) and not T.degrades_in_loop(area, table)
-    cross = table.set_column(table.schema.get_field_index("kind"), "kind",
-                             [["cross-sensor"] * table.num_rows])  # fmt: skip
+    cross = table.set_column(table.schema.get_field_index("kind"), "kind", [["cross-sensor"] * table.num_rows])
     assert not T.degrades_in_loop(mixed, cross)  # a real LR is never replaced
 
     hr = torch.rand(8, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 3000 + 100
@@ -266,11 +302,13 @@ def test_cli_bad_inputs(pairs, tmp_path):
     unknown.write_text("generator:\n  blocks: 2\n  filters: 8\n")
     assert "unknown config key generator.filters" in error_line(cli(*base, "--pairs", manifest, "--config", unknown))
     vgg = tmp_path / "vgg.yaml"
-    vgg.write_text(textwrap.dedent(f"""\
+    vgg.write_text(
+        textwrap.dedent(f"""\
         losses:
           vgg: 0.01
-          vgg_weights: {tmp_path / 'vgg19.safetensors'}
-        """))
+          vgg_weights: {tmp_path / "vgg19.safetensors"}
+        """)
+    )
     assert "VGG weights file" in error_line(cli(*base, "--pairs", manifest, "--config", vgg))
     no_path = tmp_path / "vgg-none.yaml"
     no_path.write_text("losses:\n  vgg: 0.01\n")
@@ -291,10 +329,20 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
         opt_g.zero_grad()
         G(torch.rand(2, 4, 8, 8) * 3000).mean().backward()
         opt_g.step()
-    card = M.ModelCard("r", "0.1.0", ["B02", "B03", "B04", "B08"], ["blue", "green", "red", "nir"],
-                       cfg.generator.to_dict())  # fmt: skip
-    C.save_checkpoint(tmp_path / "checkpoint_a", card=card, generator=G, generator_ema=G, discriminator=D,
-                      optimizer_g=opt_g, optimizer_d=opt_d, step=2, phase="gan")  # fmt: skip
+    card = M.ModelCard(
+        "r", "0.1.0", ["B02", "B03", "B04", "B08"], ["blue", "green", "red", "nir"], cfg.generator.to_dict()
+    )
+    C.save_checkpoint(
+        tmp_path / "checkpoint_a",
+        card=card,
+        generator=G,
+        generator_ema=G,
+        discriminator=D,
+        optimizer_g=opt_g,
+        optimizer_d=opt_d,
+        step=2,
+        phase="gan",
+    )
     assert sorted(p.name for p in (tmp_path / "checkpoint_a").iterdir()) == sorted(C.FILES)
     G2 = Generator(cfg.generator)
     opt_g2 = torch.optim.Adam(G2.parameters(), lr=1.0)

@@ -19,7 +19,8 @@ from stacsr.catalog.presets import PRESETS
 from stacsr.io.read import ReadError
 from stacsr.train import data as T
 from stacsr.train import degrade as D
-from stacsr.train import pairs as P
+from stacsr.train import manifest as P
+from stacsr.train import pairs_wald as W
 from tests.fixtures import scenes as SC
 from tests.fixtures.services import planetary_computer_stand_in
 
@@ -43,7 +44,9 @@ def make_sign(sas_url: str, blob_url: str):
             Settings.get.cache_clear()
         signed = planetary_computer.sign(item)
         for asset in signed["assets"].values():
-            asset["href"] = re.sub(r"^https://([^./]+)\.blob\.core\.windows\.net/", rf"{blob_url}/blob/\1/", asset["href"])
+            asset["href"] = re.sub(
+                r"^https://([^./]+)\.blob\.core\.windows\.net/", rf"{blob_url}/blob/\1/", asset["href"]
+            )
         return signed
 
     return sign
@@ -55,7 +58,7 @@ def setup(blob_server):
     scenes = SC.make_scenes(blob_server, "planetary-computer")
     preset = replace(PRESETS["planetary-computer"], sign=make_sign(blob_server.sas_url, blob_server.url))
     with planetary_computer_stand_in(blob_server.sas_url):
-        table = P.build_wald_manifest(scenes.items, preset, AOI, 6, PATCH, SCALE, seed=5, min_valid=1.0)
+        table = W.build_wald_manifest(scenes.items, preset, AOI, 6, PATCH, SCALE, seed=5, min_valid=1.0)
     return scenes, preset, table
 
 
@@ -127,7 +130,9 @@ def test_mixed_sigma_min_leaves_out_the_sharpest_inputs():
         np.testing.assert_allclose(lr[i].numpy(), D.mtf(hr[i].numpy(), 4, s), rtol=1e-5, atol=1e-3)
     rng = np.random.default_rng(0)  # the dataset-side (numpy) draw honours it too
     area = D.area(hr[0].numpy(), 4)
-    assert not any(np.array_equal(D.degrade(hr[0].numpy(), 4, "mixed", rng=rng, sigma_min=1.0), area) for _ in range(30))
+    assert not any(
+        np.array_equal(D.degrade(hr[0].numpy(), 4, "mixed", rng=rng, sigma_min=1.0), area) for _ in range(30)
+    )
 
 
 def test_mtf_keeps_flat_ground_blurs_edges_and_handles_nodata():
@@ -217,7 +222,7 @@ def test_cache_avoids_a_second_remote_read(setup, rows, blob_server, tmp_path):
         np.testing.assert_array_equal(hr1, hr2)
         np.testing.assert_array_equal(lr1, lr2)
     moved = dict(rows[0], col=rows[0]["col"] + 1)  # another window: another cache entry
-    assert T.cache_path(tmp_path, moved) != T.cache_path(tmp_path, rows[0])
+    assert W.cache_path(tmp_path, moved) != W.cache_path(tmp_path, rows[0])
 
 
 def test_band_mismatch_and_bad_rows(setup, rows):
@@ -274,7 +279,13 @@ def test_pair_dataset_shapes_cache_and_errors(setup, ray_local, pc_stand_in, tmp
         T.pair_dataset(table.slice(0, 0), preset)
     with pytest.raises(P.PairsError, match="cannot read pairs manifest"):
         T.pair_dataset(tmp_path / "absent.parquet", preset)
-    mixed = pa.concat_tables([table.slice(0, 1), table.slice(1).set_column(
-        table.schema.get_field_index("size"), "size", pa.array([64] * (table.num_rows - 1), pa.int32()))])
+    mixed = pa.concat_tables(
+        [
+            table.slice(0, 1),
+            table.slice(1).set_column(
+                table.schema.get_field_index("size"), "size", pa.array([64] * (table.num_rows - 1), pa.int32())
+            ),
+        ]
+    )
     with pytest.raises(P.PairsError, match="mixes sizes"):
         T.pair_dataset(mixed, preset)

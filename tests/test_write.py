@@ -10,8 +10,9 @@ import pytest
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from stacsr.io import write as W
-from stacsr.io.write import atomic_file, write_cog
+from stacsr.io.write import write_cog
+from stacsr.plumbing import storage
+from stacsr.plumbing.storage import atomic_file
 
 
 def test_cogs_and_atomic_files_get_ordinary_permissions(tmp_path):
@@ -19,8 +20,8 @@ def test_cogs_and_atomic_files_get_ordinary_permissions(tmp_path):
     cog = write_cog(tmp_path / "a" / "x.tif", np.ones((1, 8, 8), np.uint16), grid)
     with atomic_file(tmp_path / "b.json") as tmp:
         tmp.write_text("{}")
-    expected = 0o666 & ~W._UMASK  # what open() would give: 0644 under the usual umask 022, not mkstemp's 0600
-    assert W._UMASK == _process_umask()
+    expected = 0o666 & ~storage._UMASK  # what open() would give: 0644 under the usual umask 022, not mkstemp's 0600
+    assert storage._UMASK == _process_umask()
     for path in (cog, tmp_path / "b.json"):
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b.json", "x.tif"]  # no temporary left

@@ -32,8 +32,17 @@ def write_lr(hr_path: str, lr: np.ndarray, out: Path) -> Path:
     """``lr`` on the grid of ``hr_path`` coarsened ×4 (same origin)."""
     with rasterio.open(hr_path) as src:
         crs, transform = src.crs, src.transform * Affine.scale(SCALE)
-    with rasterio.open(out, "w", driver="GTiff", width=lr.shape[2], height=lr.shape[1], count=len(BANDS),
-                       dtype="uint16", crs=crs, transform=transform) as dst:  # fmt: skip
+    with rasterio.open(
+        out,
+        "w",
+        driver="GTiff",
+        width=lr.shape[2],
+        height=lr.shape[1],
+        count=len(BANDS),
+        dtype="uint16",
+        crs=crs,
+        transform=transform,
+    ) as dst:
         dst.write(lr)
         dst.descriptions = BANDS
     return out
@@ -50,18 +59,25 @@ def check(images: list[str], work: Path) -> dict[str, np.ndarray]:
                 lr = D.wald_lr(hr, SCALE, kind)
                 src = write_lr(image, lr, work / f"{scene.name}_{kind}.tif")
                 out = work / f"{scene.name}_{kind}_sr.tif"
-                subprocess.run([sys.executable, "-m", "stacsr.cli", "sr", str(src), str(out), "--no-ray"], check=True,
-                               capture_output=True)  # fmt: skip
+                subprocess.run(
+                    [sys.executable, "-m", "stacsr.cli", "sr", str(src), str(out), "--no-ray"],
+                    check=True,
+                    capture_output=True,
+                )
                 with rasterio.open(out) as f:
                     sr = f.read()
                 base = M.bicubic(lr, SCALE)
                 mask = M.valid_mask(sr, hr, base, border=BORDER * SCALE)
-                rows[kind].append((M.psnr(sr, hr, mask) - M.psnr(base, hr, mask), M.sam(sr, hr, mask), M.sam(base, hr, mask)))
+                rows[kind].append(
+                    (M.psnr(sr, hr, mask) - M.psnr(base, hr, mask), M.sam(sr, hr, mask), M.sam(base, hr, mask))
+                )
     return {kind: np.array(v) for kind, v in rows.items()}
 
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         for kind, v in check(sys.argv[1:], Path(tmp)).items():
-            print(f"stacsr sr, {kind}: {len(v)} scenes, Δ PSNR vs bicubic {v[:, 0].mean():+.3f} dB, "
-                  f"SAM {v[:, 1].mean():.2f} vs bicubic {v[:, 2].mean():.2f}")  # fmt: skip
+            print(
+                f"stacsr sr, {kind}: {len(v)} scenes, Δ PSNR vs bicubic {v[:, 0].mean():+.3f} dB, "
+                f"SAM {v[:, 1].mean():.2f} vs bicubic {v[:, 2].mean():.2f}"
+            )

@@ -36,8 +36,16 @@ def convert(src: Path, dst: Path) -> Path:
     (scene,) = scenes(src, VISIBLE)
     data = rgbn_from_rgb(read_raster(scene.href).data.astype(np.float64))
     with rasterio.open(src) as s:
-        profile = {"driver": "GTiff", "width": s.width, "height": s.height, "count": 4, "dtype": "uint16",
-                   "crs": s.crs, "transform": s.transform, "compress": "deflate"}  # fmt: skip
+        profile = {
+            "driver": "GTiff",
+            "width": s.width,
+            "height": s.height,
+            "count": 4,
+            "dtype": "uint16",
+            "crs": s.crs,
+            "transform": s.transform,
+            "compress": "deflate",
+        }
     dst.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(dst, "w", **profile) as d:
         d.write(data)

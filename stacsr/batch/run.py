@@ -23,15 +23,15 @@ from typing import Any, Callable
 import pystac
 
 from stacsr.batch.spec import Area, JobSpec, area_bbox
-from stacsr.catalog import publish as P
-from stacsr.catalog import search as S
 from stacsr.catalog.items import build_collection, output_names
 from stacsr.catalog.presets import Preset
+from stacsr.catalog.publish import ApiPublisher, item_folder, publish_model, publish_static
+from stacsr.catalog.search import best_per_tile, search
 from stacsr.engine import Engine, LocalEngine
-from stacsr.io import store
-from stacsr.io.read import first_line
 from stacsr.model.package import ModelPackage
-from stacsr.pipeline import Job, item_window, process_item
+from stacsr.pipeline import Job, item_window, model_ref, process_item
+from stacsr.plumbing import storage
+from stacsr.plumbing.redaction import first_line
 
 RUNS_FOLDER = "_runs"
 Log = Callable[[str], None]
@@ -82,15 +82,27 @@ class RunReport:
         done = [o for o in self.outcomes if o.status == "done"]
         pixels, tiles_ = sum(o.output_pixels for o in done), sum(o.tiles for o in done)
         return {
-            "job": self.job, "model": self.model, "sha256": self.sha256, "datetime": self.datetime,
-            "started": self.started, "seconds": round(self.seconds, 3), "ok": self.ok,
-            "items": {"found": len(self.outcomes), "skipped": self.count("skipped"), "done": len(done),
-                      "failed": self.count("failed"), "nodata": self.count("nodata")},
-            "km2": round(sum(o.km2 for o in done), 6), "output_pixels": pixels, "tiles": tiles_,
+            "job": self.job,
+            "model": self.model,
+            "sha256": self.sha256,
+            "datetime": self.datetime,
+            "started": self.started,
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+            "items": {
+                "found": len(self.outcomes),
+                "skipped": self.count("skipped"),
+                "done": len(done),
+                "failed": self.count("failed"),
+                "nodata": self.count("nodata"),
+            },
+            "km2": round(sum(o.km2 for o in done), 6),
+            "output_pixels": pixels,
+            "tiles": tiles_,
             "pixels_per_second": round(pixels / self.seconds, 1) if self.seconds else 0.0,
             "tiles_per_second": round(tiles_ / self.seconds, 3) if self.seconds else 0.0,
             "outcomes": [asdict(o) for o in self.outcomes],
-        }  # fmt: skip
+        }
 
 
 # ------------------------------------------------------------------ where items are published
@@ -101,18 +113,19 @@ class Target:
 
     def __init__(self, spec: JobSpec, package: ModelPackage) -> None:
         self.spec, self.package, self.lock = spec, package, threading.Lock()
-        self.api: P.ApiPublisher | None = None
-        self._collection_ready = False
+        self.model = model_ref(package, spec.output)
+        self.api: ApiPublisher | None = None
+        self._collection_ready = self._model_published = False
 
-    def _api(self, collection_id: str) -> P.ApiPublisher:
+    def _api(self, collection_id: str) -> ApiPublisher:
         if self.api is None or self.api.collection_id != collection_id:
-            self.api = P.ApiPublisher(self.spec.publish.api, collection_id)  # type: ignore[arg-type]
+            self.api = ApiPublisher(self.spec.publish.api, collection_id)  # type: ignore[arg-type]
         return self.api
 
     def existing(self, item_id: str, collection_id: str) -> dict[str, Any] | None:
         if self.spec.publish.api:
             return self._api(collection_id).get_item(item_id)
-        path = P.item_folder(self.spec.publish.catalog, collection_id, item_id) / f"{item_id}.json"  # type: ignore[arg-type]
+        path = item_folder(self.spec.publish.catalog, collection_id, item_id) / f"{item_id}.json"  # type: ignore[arg-type]
         return json.loads(path.read_text()) if path.is_file() else None
 
     def done(self, item_id: str, collection_id: str) -> bool:
@@ -121,14 +134,17 @@ class Target:
 
     def publish(self, item: pystac.Item, collection_id: str, source_collection: str | None) -> None:
         with self.lock:
+            if not self._model_published:  # before the first item, so its link to the model resolves
+                publish_model(self.package.folder, self.spec.output)
+                self._model_published = True
             if self.spec.publish.api:
                 api = self._api(collection_id)
                 if not self._collection_ready:
-                    api.ensure_collection(build_collection([item], collection_id, self.package, source_collection))
+                    api.ensure_collection(build_collection([item], collection_id, self.model, source_collection))
                     self._collection_ready = True
                 api.upsert(item)
             else:
-                P.publish_static(self.spec.publish.catalog, [item], collection_id, self.package, source_collection)  # type: ignore[arg-type]
+                publish_static(self.spec.publish.catalog, [item], collection_id, self.model, source_collection)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ the run
@@ -139,14 +155,16 @@ def plan(spec: JobSpec, preset: Preset, window: str | None) -> list[Task]:
     tasks = []
     for area in spec.areas:
         bbox = area_bbox(area)
-        items = S.search(preset, bbox, window, spec.max_cloud, spec.limit, mgrs=area.mgrs)
+        items = search(preset, bbox, window, spec.max_cloud, spec.limit, mgrs=area.mgrs)
         if spec.best_per_tile:
-            items = S.best_per_tile(items, preset)
+            items = best_per_tile(items, preset)
         tasks += [Task(item, area, bbox) for item in items]
     return tasks
 
 
-def process(task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, target: Target) -> Outcome:
+def process(
+    task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, target: Target
+) -> Outcome:
     """Make and publish one output (or say why not); never raises for a problem of this item alone."""
     start = time.perf_counter()
     try:
@@ -159,20 +177,42 @@ def process(task: Task, spec: JobSpec, preset: Preset, package: ModelPackage, en
         keys = preset.asset_keys(list(package.card.bands))
         bbox = task.bbox or tuple(task.item["bbox"])
         job = Job(task.item, keys, *item_window(task.item, keys, bbox))
-        done = process_item(job, preset, spec.output, collection, item_id, package, engine, spec.resources.tile_size,
-                            spec.compress)  # fmt: skip
+        done = process_item(
+            job,
+            preset,
+            spec.output,
+            collection,
+            item_id,
+            package,
+            engine,
+            spec.resources.tile_size,
+            spec.compress,
+            model=target.model,
+        )
         if done.item is None:
             return Outcome(item_id, "nodata", seconds=time.perf_counter() - start)
         done.item.properties["stacsr:area"] = task.area.name
         target.publish(done.item, collection, task.item.get("collection"))
-        return Outcome(item_id, "done", km2=done.km2, output_pixels=done.output_pixels, tiles=done.tiles,
-                       seconds=time.perf_counter() - start)  # fmt: skip
+        return Outcome(
+            item_id,
+            "done",
+            km2=done.km2,
+            output_pixels=done.output_pixels,
+            tiles=done.tiles,
+            seconds=time.perf_counter() - start,
+        )
     except Exception as e:  # one item's failure is reported, the others go on
         return Outcome(item_id, "failed", error=first_line(e), seconds=time.perf_counter() - start)
 
 
-def run(spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, now: datetime | None = None,
-        log: Log | None = None) -> RunReport:  # fmt: skip
+def run(
+    spec: JobSpec,
+    preset: Preset,
+    package: ModelPackage,
+    engine: Engine,
+    now: datetime | None = None,
+    log: Log | None = None,
+) -> RunReport:
     """Run a batch job; returns (and writes into the output) its report. Errors before any item is touched
     (search, unreachable target) raise; errors of single items are in the report."""
     log = log or (lambda _: None)
@@ -194,12 +234,11 @@ def run(spec: JobSpec, preset: Preset, package: ModelPackage, engine: Engine, no
 
 
 def report_url(spec: JobSpec, name: str = "latest.json") -> str:
-    return store.join(spec.output, RUNS_FOLDER, spec.name, name)
+    return storage.join(spec.output, RUNS_FOLDER, spec.name, name)
 
 
 def write_report(report: RunReport, spec: JobSpec) -> str:
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     stamp = report.started.replace(":", "").replace("-", "")
-    store.write_text(report_url(spec, f"{stamp}.json"), text)
-    return store.write_text(report_url(spec), text)
-
+    storage.write_text(report_url(spec, f"{stamp}.json"), text)
+    return storage.write_text(report_url(spec), text)

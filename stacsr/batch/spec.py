@@ -18,8 +18,9 @@ from typing import Any
 
 from stacsr.catalog.items import check_name
 from stacsr.catalog.search import SearchError, check_bbox, check_datetime, check_mgrs
-from stacsr.io.store import is_remote
-from stacsr.redaction import looks_secret
+from stacsr.plumbing.config import parse_dataclass
+from stacsr.plumbing.redaction import looks_secret
+from stacsr.plumbing.storage import is_remote
 
 _RELATIVE = re.compile(r"^last\s+(\d+)\s+(hour|day|week)s?$", re.IGNORECASE)
 
@@ -101,14 +102,19 @@ def _check(spec: JobSpec) -> JobSpec:
         if not ok:
             raise SpecError(what)
 
-    need(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec.name)), f"name {spec.name!r}: use letters, digits, . _ -")
+    need(
+        bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec.name)), f"name {spec.name!r}: use letters, digits, . _ -"
+    )
     need(bool(spec.areas), "areas: give at least one area (bbox, mgrs or geojson)")
     names = [a.name for a in spec.areas]
     need(len(set(names)) == len(names), f"areas: names must be unique ({', '.join(names)})")
     for i, a in enumerate(spec.areas):
         where = f"areas[{i}] ({a.name})"
         need(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", a.name)), f"{where}: name: use letters, digits, . _ -")
-        need(sum(x is not None for x in (a.bbox, a.mgrs, a.geojson)) == 1, f"{where}: give exactly one of bbox, mgrs, geojson")
+        need(
+            sum(x is not None for x in (a.bbox, a.mgrs, a.geojson)) == 1,
+            f"{where}: give exactly one of bbox, mgrs, geojson",
+        )
         try:
             if a.bbox is not None:
                 check_bbox(a.bbox)
@@ -123,9 +129,15 @@ def _check(spec: JobSpec) -> JobSpec:
             check_name("publish.collection", p.collection)
         except ValueError as e:
             raise SpecError(str(e)) from None
-    need((p.api is None) != (p.catalog is None), "publish: give exactly one of api (STAC Transactions API) or catalog (folder)")
+    need(
+        (p.api is None) != (p.catalog is None),
+        "publish: give exactly one of api (STAC Transactions API) or catalog (folder)",
+    )
     need(p.api is None or p.api.startswith(("http://", "https://")), f"publish.api {p.api!r} is not an http(s) URL")
-    need(p.catalog is None or not spec.remote_output, "publish.catalog: a static catalogue needs a local output; use publish.api")
+    need(
+        p.catalog is None or not spec.remote_output,
+        "publish.catalog: a static catalogue needs a local output; use publish.api",
+    )
     need(spec.max_cloud is None or 0 <= spec.max_cloud <= 100, "max_cloud: must lie in [0, 100]")
     need(spec.limit is None or spec.limit >= 1, "limit: must be ≥ 1")
     r = spec.resources
@@ -143,13 +155,14 @@ def _check(spec: JobSpec) -> JobSpec:
 
 def from_dict(data: Any) -> JobSpec:
     """A checked :class:`JobSpec` from a YAML-shaped mapping."""
-    from stacsr.train.config import parse_dataclass
 
     if not isinstance(data, dict):
         raise SpecError("a job spec is a mapping of keys to values")
     if looks_secret(json.dumps(data)):
-        raise SpecError("the job spec holds what looks like a credential or a signed URL: credentials come from the "
-                        "environment (AWS_*, AZURE_*, GOOGLE_APPLICATION_CREDENTIALS), never from a job spec")  # fmt: skip
+        raise SpecError(
+            "the job spec holds what looks like a credential or a signed URL: credentials come from the "
+            "environment (AWS_*, AZURE_*, GOOGLE_APPLICATION_CREDENTIALS), never from a job spec"
+        )
     for key in ("name", "areas", "output"):
         if data.get(key) in (None, "", []):
             raise SpecError(f"missing key {key}")

@@ -12,14 +12,16 @@ replaces the old one (a re-run never duplicates).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 import pystac
 
-from stacsr.catalog.items import build_collection
-from stacsr.model.package import ModelPackage
+from stacsr.catalog.items import ModelRef, build_collection, check_name
+from stacsr.plumbing import storage
+from stacsr.plumbing.retry import retry
 
 CATALOG_ID = "stacsr"
 
@@ -39,9 +41,7 @@ class _AsWrittenStacIO(pystac.stac_io.DefaultStacIO):
 
     def write_text_to_href(self, href: str, txt: str) -> None:  # type: ignore[override]
         """Each JSON file atomically (a temporary file renamed into place): never half a document."""
-        from stacsr.io.write import atomic_file
-
-        with atomic_file(href) as tmp:
+        with storage.atomic_file(href) as tmp:
             tmp.write_text(txt, encoding="utf-8")
 
 
@@ -51,7 +51,10 @@ def item_folder(root: str | Path, collection_id: str, item_id: str) -> Path:
 
 
 def publish_static(
-    root: str | Path, items: Sequence[pystac.Item], collection_id: str, package: ModelPackage,
+    root: str | Path,
+    items: Sequence[pystac.Item],
+    collection_id: str,
+    model: ModelRef,
     source_collection: str | None = None,
 ) -> Path:
     """Add ``items`` to collection ``collection_id`` of the catalogue at ``root`` (created when absent);
@@ -62,7 +65,7 @@ def publish_static(
         catalog = pystac.Catalog.from_file(str(catalog_file), stac_io=_AsWrittenStacIO())
     else:
         catalog = pystac.Catalog(CATALOG_ID, "Super-resolved Sentinel-2 imagery written by stacsr.", title="stacsr")
-    new = build_collection(items, collection_id, package, source_collection)
+    new = build_collection(items, collection_id, model, source_collection)
     collection = catalog.get_child(new.id)
     if collection is None:
         collection = new
@@ -74,6 +77,8 @@ def publish_static(
     collection.update_extent_from_items()
     catalog.normalize_hrefs(str(root.absolute()) + os.sep)  # a folder, even when its name has a dot (run.v2)
     catalog.make_all_asset_hrefs_relative()
+    for item in items:
+        _relative_links(item, root.absolute())
     stac_io = _AsWrittenStacIO()
     for item in items:  # the new items first: a catalogue or collection never links to an item not yet written
         item.save_object(include_self_link=False, stac_io=stac_io)
@@ -81,11 +86,66 @@ def publish_static(
     return catalog_file
 
 
+def _relative_links(item: pystac.Item, root: Path) -> None:
+    """Links of ``item`` to local files inside ``root`` (the model's MLM item) made relative to the item, as
+    a self-contained catalogue needs; pystac does this for hierarchical links only."""
+    folder = Path(item.get_self_href()).parent
+    for link in item.links:
+        if link.is_hierarchical() or link.rel == "self" or link.is_resolved():
+            continue
+        href = link.get_href(transform_href=False)
+        if href and "://" not in href and os.path.isabs(href) and Path(href).is_relative_to(root):
+            link.target = os.path.relpath(href, folder)
+
+
+# ------------------------------------------------------------------ the model, published with its outputs
+
+MODELS = "models"
+MLM_ITEM, MODEL_FILES = "item.json", ("card.json", "weights.safetensors")
+
+
+def model_item_href(package_folder: str | None, root: str | Path) -> str | None:
+    """Where :func:`publish_model` puts the STAC MLM item of the package in ``package_folder`` under ``root``
+    (``<root>/models/<MLM item id>.json``); None when the package has no MLM item."""
+    if package_folder is None or not (Path(package_folder) / MLM_ITEM).is_file():
+        return None
+    item_id = check_name("model item id", json.loads((Path(package_folder) / MLM_ITEM).read_text()).get("id"))
+    if storage.is_remote(str(root)):
+        return storage.join(str(root), MODELS, f"{item_id}.json")
+    return str(Path(root).absolute() / MODELS / f"{item_id}.json")
+
+
+def publish_model(package_folder: str | None, root: str | Path) -> str | None:
+    """Publish the model package with the outputs: its MLM item at ``<root>/models/<id>.json``, its card and
+    weights in ``<root>/models/<id>/``, so that the outputs' links to the model resolve and the model that
+    made them can be fetched beside them. Returns the MLM item's href, or None when the package has none.
+    The item's relative asset hrefs are re-rooted; relative links into the package's source tree are dropped."""
+    href = model_item_href(package_folder, root)
+    if href is None:
+        return None
+    folder = Path(package_folder)  # type: ignore[arg-type]
+    item = json.loads((folder / MLM_ITEM).read_text())
+    files = storage.join(href.removesuffix(".json"))
+    for name in MODEL_FILES:
+        if (folder / name).is_file():
+            storage.put(folder / name, storage.join(files, name))
+    for asset in item.get("assets", {}).values():
+        if "://" not in asset["href"] and not asset["href"].startswith("/"):
+            asset["href"] = f"./{item['id']}/{asset['href'].removeprefix('./')}"
+    item["links"] = [link for link in item.get("links", []) if "://" in link.get("href", "")]
+    storage.write_text(href, json.dumps(item, indent=2) + "\n")  # last: a present item means a whole package
+    return href
+
+
 # ------------------------------------------------------------------ STAC API (Transactions extension)
 
 
 class PublishError(RuntimeError):
     """The STAC API refused or failed a request after the retries."""
+
+
+class _Busy(Exception):
+    """A response worth retrying (429 or 5xx)."""
 
 
 class ApiPublisher:
@@ -107,25 +167,23 @@ class ApiPublisher:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _request(self, method: str, path: str, ok: tuple[int, ...], **kwargs):
-        import time
-
         import requests
 
         what = f"{method} {self.url}{path}"
-        for attempt in range(self.retries + 1):
-            try:
-                r = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
-            except requests.RequestException as e:
-                error = f"{type(e).__name__}"
-            else:
-                if r.status_code in ok:
-                    return r
-                if r.status_code != 429 and r.status_code < 500:
-                    raise PublishError(f"{what}: HTTP {r.status_code} {r.text[:200].strip()}")
-                error = f"HTTP {r.status_code}"
-            if attempt < self.retries:
-                time.sleep(0.2 * 2**attempt)
-        raise PublishError(f"{what} failed after {self.retries + 1} tries: {error}")
+
+        def attempt():
+            r = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            if r.status_code in ok:
+                return r
+            if r.status_code == 429 or r.status_code >= 500:
+                raise _Busy(f"HTTP {r.status_code}")
+            raise PublishError(f"{what}: HTTP {r.status_code} {r.text[:200].strip()}")
+
+        try:
+            return retry(attempt, lambda e: isinstance(e, (requests.RequestException, _Busy)), self.retries)
+        except (requests.RequestException, _Busy) as e:
+            error = str(e) if isinstance(e, _Busy) else type(e).__name__
+            raise PublishError(f"{what} failed after {self.retries + 1} tries: {error}") from None
 
     def ensure_collection(self, collection: pystac.Collection) -> None:
         """Create the output collection when the API does not have it yet."""
@@ -142,7 +200,9 @@ class ApiPublisher:
     def upsert(self, item: pystac.Item) -> None:
         body = item.to_dict(include_self_link=False, transform_hrefs=False)
         body["collection"] = self.collection_id
-        body["links"] = [link for link in body.get("links", []) if link.get("rel") not in ("collection", "parent", "root")]
+        body["links"] = [
+            link for link in body.get("links", []) if link.get("rel") not in ("collection", "parent", "root")
+        ]
         path = f"/collections/{self.collection_id}/items"
         if self._request("PUT", f"{path}/{item.id}", (200, 201, 204, 404), json=body).status_code == 404:
             self._request("POST", path, (200, 201), json=body)

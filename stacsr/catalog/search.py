@@ -72,9 +72,13 @@ def search(
     if mgrs is not None:
         query.update(mgrs_query(preset, check_mgrs(mgrs)))
     found = client.search(
-        collections=[preset.collection], bbox=bbox, datetime=datetime_, query=query or None,
-        sortby=[{"field": "properties.eo:cloud_cover", "direction": "asc"}], max_items=limit,
-    )  # fmt: skip
+        collections=[preset.collection],
+        bbox=bbox,
+        datetime=datetime_,
+        query=query or None,
+        sortby=[{"field": "properties.eo:cloud_cover", "direction": "asc"}],
+        max_items=limit,
+    )
     items = (normalise(i) for i in found.items_as_dicts())
     return order(i for i in items if mgrs is None or tile_of(i, preset) == mgrs.upper())
 
@@ -116,8 +120,14 @@ def open_client(url: str) -> Any:
     from pystac_client.stac_api_io import StacApiIO
     from urllib3.util.retry import Retry
 
-    retry = Retry(total=STAC_RETRIES, backoff_factor=0.3, status_forcelist=(429, 500, 502, 503, 504),
-                  allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)  # fmt: skip
+    retry = Retry(
+        total=STAC_RETRIES,
+        backoff_factor=0.3,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=None,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
     return Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=STAC_TIMEOUT), timeout=STAC_TIMEOUT)
 
 

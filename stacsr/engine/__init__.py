@@ -33,8 +33,9 @@ class Engine(Protocol):
         """Super-resolve every core window of ``source``; yield results in completion order."""
         ...
 
-    def run(self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec,
-            progress: Progress | None = None) -> dict[str, str] | None:  # fmt: skip
+    def run(
+        self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress: Progress | None = None
+    ) -> dict[str, str] | None:
         """Super-resolve every core into the COGs of ``sink``; ``{url: href}``, or None if no pixel was valid."""
         ...
 

@@ -21,7 +21,9 @@ class LocalEngine:
         for group in tiles.batches(cores, self.batch):
             yield from tiles.run_tiles(self.predict, source, group, halo, self.scale)
 
-    def run(self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None) -> dict[str, str] | None:
+    def run(
+        self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None
+    ) -> dict[str, str] | None:
         return write_all(self.map(source, cores, halo), sink, progress)
 
     def __str__(self) -> str:

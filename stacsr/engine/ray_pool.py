@@ -141,7 +141,11 @@ class RayEngine:
             actors = int(resources.get("GPU", 0) / gpus_per_actor) if gpus_per_actor else None
             actors = actors or max(1, int(resources.get("CPU", 1) // cpus_per_actor))
         worker = ray.remote(_TileWorker).options(  # spread over the nodes; restarted elsewhere if a node goes
-            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=3, max_task_retries=3, scheduling_strategy="SPREAD"
+            num_cpus=cpus_per_actor,
+            num_gpus=gpus_per_actor,
+            max_restarts=3,
+            max_task_retries=3,
+            scheduling_strategy="SPREAD",
         )
         self._model_ref = ray.put(package.to_bytes())
         self._actors = [worker.remote(cpus_per_actor, gpus_per_actor > 0) for _ in range(actors)]
@@ -193,13 +197,22 @@ class RayEngine:
         with self._lock:
             if self._writer_actor is None:
                 here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-                self._writer_actor = ray.remote(_Writer).options(
-                    num_cpus=0, max_restarts=3, max_task_retries=0, max_concurrency=self.items_at_once,
-                    scheduling_strategy=here,
-                ).remote()  # fmt: skip
+                self._writer_actor = (
+                    ray.remote(_Writer)
+                    .options(
+                        num_cpus=0,
+                        max_restarts=3,
+                        max_task_retries=0,
+                        max_concurrency=self.items_at_once,
+                        scheduling_strategy=here,
+                    )
+                    .remote()
+                )
         return self._writer_actor
 
-    def run(self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None) -> dict[str, str] | None:
+    def run(
+        self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None
+    ) -> dict[str, str] | None:
         writer = self._writer()
         key = uuid.uuid4().hex
         _get(writer.open.remote(key, sink))

@@ -5,7 +5,6 @@ compares a model with bicubic interpolation, side by side, under Wald's protocol
 """
 
 from stacsr.evaluate.metrics import (
-    REFLECTANCE_SCALE,
     bicubic,
     consistency,
     correctness,
@@ -15,4 +14,4 @@ from stacsr.evaluate.metrics import (
     valid_mask,
 )
 
-__all__ = ["REFLECTANCE_SCALE", "bicubic", "consistency", "correctness", "psnr", "sam", "ssim", "valid_mask"]
+__all__ = ["bicubic", "consistency", "correctness", "psnr", "sam", "ssim", "valid_mask"]

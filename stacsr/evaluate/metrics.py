@@ -3,7 +3,7 @@
 Conventions
 -----------
 - Images are ``(bands, rows, cols)`` arrays in reflectance × 10000 (uint16 DN or float), 0 = nodata, as
-  everywhere in stacsr. Every metric divides by :data:`REFLECTANCE_SCALE` first, so errors are in
+  everywhere in stacsr. Every metric divides by :data:`~stacsr.io.units.DN_PER_REFLECTANCE` first, so errors are in
   reflectance units and the **data range is 1.0** (reflectance 1.0 = 10000 DN): PSNR = 10·log10(1 / MSE).
 - ``mask`` is an optional ``(rows, cols)`` bool array of the pixels to score (``None``: all of them);
   :func:`valid_mask` builds the usual one — no band is 0 in any of the images (nodata) and the pixels
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from stacsr.train.degrade import _block_mean, _invalid_blocks
+from stacsr.io.units import DN_PER_REFLECTANCE
+from stacsr.train.degrade import block_mean, invalid_blocks
 
-REFLECTANCE_SCALE = 10000.0  # DN of reflectance 1.0: the data range of PSNR and SSIM
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 CORRECTNESS_EPS = 1e-3  # reflectance: pixels where bicubic is already this close to HR carry no information
 
@@ -47,7 +47,7 @@ def _refl(x: Any) -> np.ndarray:
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"expected a (bands, rows, cols) image, got shape {x.shape}")
-    return x / REFLECTANCE_SCALE
+    return x / DN_PER_REFLECTANCE
 
 
 def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +152,8 @@ def consistency(sr: Any, lr: Any, scale: int, mask: Any = None) -> float:
     s, low = _refl(sr), _refl(lr)
     if s.shape[0] != low.shape[0] or s.shape[1:] != tuple(scale * n for n in low.shape[1:]):
         raise ValueError(f"SR {s.shape} is not LR {low.shape} × {scale}")
-    means = _block_mean(s, scale)  # float64 (area() rounds to float32); nodata blocks as in area()
-    m = _mask(mask, low.shape[1:]) & ~_invalid_blocks(s, scale)[0] & valid_mask(low)
+    means = block_mean(s, scale)  # float64 (area() rounds to float32); nodata blocks as in area()
+    m = _mask(mask, low.shape[1:]) & ~invalid_blocks(s, scale)[0] & valid_mask(low)
     if not m.any():
         return math.nan
     return float(np.mean(np.abs(means[:, m] - low[:, m])))
@@ -193,8 +193,12 @@ def correctness(sr: Any, hr: Any, base: Any, mask: Any = None, eps: float = CORR
     hallucination = (a > 1) & (b > 1)
     improvement = ~hallucination & (a < b)
     omission = ~hallucination & ~improvement
-    return {"improvement": float(improvement.mean()), "omission": float(omission.mean()),
-            "hallucination": float(hallucination.mean()), "pixels": n}  # fmt: skip
+    return {
+        "improvement": float(improvement.mean()),
+        "omission": float(omission.mean()),
+        "hallucination": float(hallucination.mean()),
+        "pixels": n,
+    }
 
 
 def bicubic(lr: Any, scale: int) -> np.ndarray:

@@ -5,7 +5,7 @@
   Gaussian blur then block mean), rounded to uint16, super-resolved by the model (the seam-free tiled
   :func:`stacsr.pipeline.super_resolve`) and by bicubic (:func:`stacsr.evaluate.metrics.bicubic`); both are
   compared with the original 10 m image.
-- :func:`evaluate_pairs` — the pairs of a manifest (:mod:`stacsr.train.pairs`): the LR of each pair
+- :func:`evaluate_pairs` — the pairs of a manifest (:mod:`stacsr.train.manifest`): the LR of each pair
   (:func:`stacsr.train.data.read_pair`) super-resolved and compared with its HR. Wald pairs are degraded by
   each of ``degradations``; cross-sensor pairs have a real LR (degradation ``"real"``).
 
@@ -25,11 +25,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from stacsr.evaluate import metrics as M
-from stacsr.io.read import ReadError, Scene, first_line, list_images, scenes
+from stacsr.evaluate import metrics
+from stacsr.io.read import ReadError, Scene, list_images, scenes
 from stacsr.model.package import ModelPackage
 from stacsr.pipeline import DEFAULT_TILE_SIZE, InputError, check_band_count, check_writable, super_resolve
-from stacsr.train import degrade as D
+from stacsr.plumbing import figures
+from stacsr.plumbing.redaction import first_line
+from stacsr.train.degrade import DEFAULT_SIGMA, DEGRADATIONS, wald_lr
 
 PROTOCOLS = ("wald",)
 METHODS = ("model", "bicubic")
@@ -102,11 +104,24 @@ class Evaluation:
         results = []
         for r in self.results:
             results.append({**asdict(r), "delta_psnr": r.delta_psnr})
-        averages = {d: {**{m: asdict(s) for m, s in avg.items()}, "delta_psnr": avg["model"].psnr - avg["bicubic"].psnr,
-                        "images": sum(r.degradation == d for r in self.results)}
-                    for d, avg in self.averages().items()}  # fmt: skip
-        return _finite({"protocol": self.protocol, "model": self.model, "scale": self.scale,
-                        "border_lr_pixels": self.border, "results": results, "averages": averages})  # fmt: skip
+        averages = {
+            d: {
+                **{m: asdict(s) for m, s in avg.items()},
+                "delta_psnr": avg["model"].psnr - avg["bicubic"].psnr,
+                "images": sum(r.degradation == d for r in self.results),
+            }
+            for d, avg in self.averages().items()
+        }
+        return _finite(
+            {
+                "protocol": self.protocol,
+                "model": self.model,
+                "scale": self.scale,
+                "border_lr_pixels": self.border,
+                "results": results,
+                "averages": averages,
+            }
+        )
 
 
 def _finite(x: Any) -> Any:
@@ -127,25 +142,36 @@ def score(
     sr: np.ndarray, hr: np.ndarray, lr: np.ndarray, base: np.ndarray, scale: int, border: int
 ) -> tuple[Scores, int]:
     """Scores of ``sr`` against ``hr``; ``lr`` its input, ``base`` bicubic of ``lr``; ``border`` in LR pixels."""
-    mask = M.valid_mask(sr, hr, base, border=border * scale)
-    lr_mask = M.valid_mask(lr, border=border)
-    c = M.correctness(sr, hr, base, mask)
+    mask = metrics.valid_mask(sr, hr, base, border=border * scale)
+    lr_mask = metrics.valid_mask(lr, border=border)
+    c = metrics.correctness(sr, hr, base, mask)
     s = Scores(
-        psnr=M.psnr(sr, hr, mask), ssim=M.ssim(sr, hr, mask), sam=M.sam(sr, hr, mask),
-        consistency=M.consistency(sr, lr, scale, lr_mask), improvement=c["improvement"], omission=c["omission"],
+        psnr=metrics.psnr(sr, hr, mask),
+        ssim=metrics.ssim(sr, hr, mask),
+        sam=metrics.sam(sr, hr, mask),
+        consistency=metrics.consistency(sr, lr, scale, lr_mask),
+        improvement=c["improvement"],
+        omission=c["omission"],
         hallucination=c["hallucination"],
-    )  # fmt: skip
+    )
     return s, int(mask.sum())
 
 
 def compare(
-    lr: np.ndarray, hr: np.ndarray, package: ModelPackage, engine: Any, border: int, name: str, degradation: str,
-    out: Path | None = None, tile_size: int = DEFAULT_TILE_SIZE,
-) -> ImageResult:  # fmt: skip
+    lr: np.ndarray,
+    hr: np.ndarray,
+    package: ModelPackage,
+    engine: Any,
+    border: int,
+    name: str,
+    degradation: str,
+    out: Path | None = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+) -> ImageResult:
     """Super-resolve uint16 ``lr`` with the model and bicubic, score both against ``hr``, draw the figure."""
     scale = package.card.scale
     sr = super_resolve(lr, package, engine, tile_size)
-    base = M.bicubic(lr, scale)
+    base = metrics.bicubic(lr, scale)
     model, pixels = score(sr, hr, lr, base, scale, border)
     bic, _ = score(base, hr, lr, base, scale, border)
     if pixels == 0:
@@ -166,30 +192,9 @@ def _safe(name: str) -> str:
 def figure_png(
     path: Path, lr: np.ndarray, bic: np.ndarray, sr: np.ndarray, hr: np.ndarray, bands: Sequence[str]
 ) -> Path:
-    """PNG of LR (nearest) | bicubic | SR | HR, RGB = B04, B03, B02 (else the first three bands), stretched
-    2–98 % on the HR's valid pixels."""
-    from PIL import Image
-
-    scale = hr.shape[1] // lr.shape[1]
-    rgb = [list(bands).index(b) for b in ("B04", "B03", "B02") if b in bands]
-    if len(rgb) < 3:
-        rgb = list(range(min(3, len(bands))))
-    near = np.repeat(np.repeat(lr, scale, axis=1), scale, axis=2)
-    panels = [np.asarray(x, dtype=np.float32)[rgb] for x in (near, bic, sr, hr)]
-    valid = panels[3][:, (panels[3] > 0).all(axis=0)]
-    lo, hi = np.percentile(valid, [2, 98]) if valid.size else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1
-    images = []
-    for p in panels:
-        x = np.clip((p - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
-        x = np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
-        images.append(x[:3].transpose(1, 2, 0))
-    gap = np.full((images[0].shape[0], 8, 3), 255, np.uint8)
-    row = [images[0]]
-    for im in images[1:]:
-        row += [gap, im]
-    Image.fromarray(np.concatenate(row, axis=1)).save(path)
-    return Path(path)
+    """PNG of LR (nearest) | bicubic | SR | HR, RGB stretched on the HR."""
+    near = figures.upsample_nearest(lr, hr.shape[1] // lr.shape[1])
+    return figures.save_png(path, [near, bic, sr, hr], bands, reference=-1)
 
 
 # ------------------------------------------------------------------ Wald's protocol on GeoTIFFs
@@ -236,12 +241,12 @@ def _engine(package: ModelPackage, engine: Any) -> tuple[Any, bool]:
     return LocalEngine(package), True
 
 
-def _check_args(protocol: str, degradations: Sequence[str], border: int | None, package: ModelPackage) -> int:
+def check_args(protocol: str, degradations: Sequence[str], border: int | None, package: ModelPackage) -> int:
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
-    bad = [d for d in degradations if d not in D.DEGRADATIONS]
+    bad = [d for d in degradations if d not in DEGRADATIONS]
     if bad or not degradations:
-        raise InputError(f"unknown degradation {', '.join(bad) or '(none)'}: use {', '.join(D.DEGRADATIONS)}")
+        raise InputError(f"unknown degradation {', '.join(bad) or '(none)'}: use {', '.join(DEGRADATIONS)}")
     if border is not None and border < 0:
         raise InputError(f"border must be ≥ 0 LR pixels, not {border}")
     return package.receptive_radius if border is None else int(border)
@@ -251,11 +256,11 @@ def evaluate_images(
     images: str | Path | Iterable[str | Path],
     package: ModelPackage,
     protocol: str = "wald",
-    degradations: Sequence[str] = D.DEGRADATIONS,
+    degradations: Sequence[str] = DEGRADATIONS,
     engine: Any = None,
     out: str | Path | None = None,
     border: int | None = None,
-    sigma: float = D.DEFAULT_SIGMA,
+    sigma: float = DEFAULT_SIGMA,
     tile_size: int = DEFAULT_TILE_SIZE,
 ) -> Evaluation:
     """Wald's-protocol evaluation of ``package`` (and bicubic) on real 10 m GeoTIFFs.
@@ -269,7 +274,7 @@ def evaluate_images(
     """
     from stacsr.io.read import read_raster
 
-    border = _check_args(protocol, degradations, border, package)
+    border = check_args(protocol, degradations, border, package)
     found = image_scenes(images, package)
     folder = check_writable(out) if out is not None else None
     scale = package.card.scale
@@ -283,7 +288,7 @@ def evaluate_images(
             if not hr.any():
                 raise InputError(f"{scene.name} is all nodata (0)")
             for kind in degradations:
-                lr = D.wald_lr(hr, scale, kind, sigma)
+                lr = wald_lr(hr, scale, kind, sigma)
                 evaluation.results.append(compare(lr, hr, package, engine, border, scene.name, kind, folder, tile_size))
     finally:
         if own:
@@ -306,11 +311,11 @@ def evaluate_pairs(
     manifest: Any,
     package: ModelPackage,
     preset: Any = None,
-    degradations: Sequence[str] = D.DEGRADATIONS,
+    degradations: Sequence[str] = DEGRADATIONS,
     engine: Any = None,
     out: str | Path | None = None,
     border: int | None = None,
-    sigma: float = D.DEFAULT_SIGMA,
+    sigma: float = DEFAULT_SIGMA,
     limit: int | None = None,
     cache_dir: str | Path | None = None,
     tile_size: int = DEFAULT_TILE_SIZE,
@@ -322,10 +327,10 @@ def evaluate_pairs(
     (default Planetary Computer). ``limit``: the first rows only. Patches must be larger than two borders
     (``border`` LR pixels, default the receptive radius) or nothing is left to score.
     """
-    from stacsr.train import pairs as P
+    from stacsr.train import manifest as P
     from stacsr.train.data import read_pair
 
-    border = _check_args("wald", degradations, border, package)
+    border = check_args("wald", degradations, border, package)
     table = manifest if hasattr(manifest, "to_pylist") else P.read_manifest(manifest)
     rows = table.to_pylist()[: limit if limit else None]
     if not rows:
@@ -345,12 +350,19 @@ def evaluate_pairs(
         for row in rows:
             kinds = list(degradations) if row.get("kind") == P.KIND_WALD else ["real"]
             for kind in kinds:
-                lr, hr = read_pair(row, preset, kind if kind != "real" else "area", sigma=sigma,
-                                   bands=package.card.bands, cache_dir=cache_dir)  # fmt: skip
+                lr, hr = read_pair(
+                    row,
+                    preset,
+                    kind if kind != "real" else "area",
+                    sigma=sigma,
+                    bands=package.card.bands,
+                    cache_dir=cache_dir,
+                )
                 lr16 = np.rint(lr).clip(0, 65535).astype(np.uint16)
                 hr16 = np.rint(hr).clip(0, 65535).astype(np.uint16)
-                evaluation.results.append(compare(lr16, hr16, package, engine, border, str(row["id"]), kind, folder,
-                                                  tile_size))  # fmt: skip
+                evaluation.results.append(
+                    compare(lr16, hr16, package, engine, border, str(row["id"]), kind, folder, tile_size)
+                )
     finally:
         if own:
             engine.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -67,7 +67,9 @@ def own(core: Window, origin: tuple[int, int] = (0, 0)) -> Window:
     return Window(core.row + skip_r, core.col + skip_c, core.height - skip_r, core.width - skip_c)
 
 
-def crop_to_own(core: Window, tile: "np.ndarray", scale: int, origin: tuple[int, int] = (0, 0)) -> tuple[Window, "np.ndarray"]:
+def crop_to_own(
+    core: Window, tile: "np.ndarray", scale: int, origin: tuple[int, int] = (0, 0)
+) -> tuple[Window, "np.ndarray"]:
     """``(own window, the tile's output for it)`` of a core's output (``scale`` × finer)."""
     mine = own(core, origin)
     r, c = (mine.row - core.row) * scale, (mine.col - core.col) * scale
@@ -157,3 +159,49 @@ def area_km2(grid: GeoBox) -> float:
     """Ground area covered by a projected grid, in km²."""
     rows, cols = grid.shape.yx
     return abs(grid.affine.a * grid.affine.e) * rows * cols / 1e6
+
+
+def zoom_out(grid: GeoBox, scale: int) -> GeoBox:
+    """The same footprint in pixels ``scale`` times larger: same CRS and origin, shape ÷ ``scale`` (rounded up)."""
+    return grid.zoom_out(scale)
+
+
+def window_grid(transform: Sequence[float], crs: Any, window: Window) -> GeoBox:
+    """Grid of ``window`` on the grid whose affine coefficients (a b c d e f) are ``transform``."""
+    return crop(GeoBox(window.shape, Affine(*transform[:6]), crs), window)
+
+
+def clip(window: Window, shape: tuple[int, int]) -> Window:
+    """The part of ``window`` inside a raster of ``shape`` (rows, cols); 0 rows or columns when none."""
+    row0, col0 = max(window.row, 0), max(window.col, 0)
+    row1, col1 = min(window.row + window.height, shape[0]), min(window.col + window.width, shape[1])
+    return Window(row0, col0, max(row1 - row0, 0), max(col1 - col0, 0))
+
+
+def nearest_window(src: GeoBox, dst: GeoBox) -> tuple[Window, "np.ndarray", "np.ndarray"]:
+    """``(window of dst, rows, cols)``: the pixels of ``dst`` holding the centres of ``src``'s rows and columns
+    (nearest-neighbour resampling), as indexes into that window. Both grids share a CRS and axes."""
+    import numpy as np
+
+    if src.crs != dst.crs:
+        raise GridError(f"the grids are in {src.crs} and {dst.crs}")
+    m = ~dst.affine * src.affine  # src pixel coordinates -> dst pixel coordinates
+    if m.b or m.d:
+        raise GridError("the grids are rotated with respect to each other")
+    rows = np.floor(m.e * (np.arange(src.height) + 0.5) + m.f).astype(np.int64)
+    cols = np.floor(m.a * (np.arange(src.width) + 0.5) + m.c).astype(np.int64)
+    row0, col0 = int(rows.min()), int(cols.min())
+    window = Window(row0, col0, int(rows.max()) - row0 + 1, int(cols.max()) - col0 + 1)
+    return window, rows - row0, cols - col0
+
+
+def item_window(item: Mapping[str, Any], keys: Sequence[str], bbox: Sequence[float]) -> tuple[GeoBox, Window]:
+    """The item's native grid (of asset ``keys[0]``) and the AOI's window on it, once every asset is known present."""
+    missing = [k for k in keys if k not in item.get("assets", {})]
+    if missing:
+        raise GridError(f"item {item.get('id')} has no asset {', '.join(missing)} (needed for the model's bands)")
+    try:
+        grid = item_grid(item, keys[0])
+        return grid, aoi_window(grid, bbox)
+    except GridError as e:
+        raise GridError(f"item {item.get('id')}: {e}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -18,9 +17,9 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError, RasterioIOError
 
-from stacsr.io import grid as G
-from stacsr.io.grid import GeoBox
-from stacsr.redaction import redact, scrub  # noqa: F401  (redact is part of this module's API)
+from stacsr.io.grid import GeoBox, GridError, from_rasterio
+from stacsr.plumbing.redaction import first_line, redact
+from stacsr.plumbing.retry import retry
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 T = TypeVar("T")
@@ -51,27 +50,17 @@ def is_permanent(e: BaseException) -> bool:
 
 
 def with_retries(read: Callable[[], T], retries: int | None = None, delay: float = 0.5) -> T:
-    """``read()``, tried again (with back-off) after a transient GDAL/rasterio error, at most ``retries`` more
-    times; a permanent error (:func:`is_permanent`) or the last one is raised as it is."""
-    retries = READ_RETRIES if retries is None else retries
-    for attempt in range(retries + 1):
-        try:
-            return read()
-        except (RasterioError, RasterioIOError, RuntimeError) as e:
-            if attempt == retries or is_permanent(e):
-                raise
-            time.sleep(delay * 2**attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+    """``read()`` under the retry policy, tried again after a transient GDAL/rasterio error at most
+    ``retries`` more times; a permanent error (:func:`is_permanent`) or the last one is raised as it is."""
+
+    def transient(e: BaseException) -> bool:
+        return isinstance(e, (RasterioError, RasterioIOError, RuntimeError)) and not is_permanent(e)
+
+    return retry(read, transient, READ_RETRIES if retries is None else retries, delay)
 
 
 class ReadError(RuntimeError):
     """An asset that cannot be read."""
-
-
-def first_line(e: BaseException) -> str:
-    """First line of an error message, with every URL query string (tokens, signatures) removed."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return " ".join(redact(w) if "://" in w else w for w in scrub(text).split())
 
 
 @dataclass
@@ -86,18 +75,18 @@ class Raster:
 
 def read_raster(href: str) -> Raster:
     """Read a GeoTIFF (any rasterio-readable href) whole; refuses rasters without CRS or rotated."""
+
     def read() -> Raster:
         with rasterio.Env(**GDAL_ENV), rasterio.open(href) as src:
-            grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
+            grid = from_rasterio(src.transform, src.crs, (src.height, src.width))
             return Raster(src.read(), grid, list(src.descriptions), src.nodata)
 
     try:
         return with_retries(read)
     except RasterioError as e:
         raise ReadError(f"cannot read {redact(href)}: {first_line(e)}") from None
-    except G.GridError as e:
+    except GridError as e:
         raise ReadError(f"{redact(href)}: {e}") from None
-
 
 
 # ------------------------------------------------------------------ scenes of local GeoTIFFs
@@ -164,8 +153,10 @@ def scenes(path: str | Path, bands: Sequence[str]) -> list[Scene]:
     wanted = list(bands)
     if not any(names):
         if len(names) != len(wanted):
-            raise ReadError(f"{path} has {len(names)} unnamed bands; expected {len(wanted)} ({', '.join(wanted)}) "
-                            "or band descriptions naming them")  # fmt: skip
+            raise ReadError(
+                f"{path} has {len(names)} unnamed bands; expected {len(wanted)} ({', '.join(wanted)}) "
+                "or band descriptions naming them"
+            )
         return [Scene(stem, path, tuple(range(1, len(wanted) + 1)))]
     if set(wanted) <= set(names):
         return [Scene(stem, path, tuple(names.index(b) + 1 for b in wanted))]
@@ -174,7 +165,9 @@ def scenes(path: str | Path, bands: Sequence[str]) -> list[Scene]:
         m = _DATED.match(n)
         if m and m["band"] in wanted:
             groups.setdefault(m["prefix"], {})[m["band"]] = i
-    found = [Scene(f"{stem}_{p}", path, tuple(g[b] for b in wanted), p) for p, g in groups.items() if set(g) == set(wanted)]
+    found = [
+        Scene(f"{stem}_{p}", path, tuple(g[b] for b in wanted), p) for p, g in groups.items() if set(g) == set(wanted)
+    ]
     if not found:
         raise ReadError(f"{path}: no scene with bands {', '.join(wanted)} (band descriptions: {', '.join(names)})")
     return found

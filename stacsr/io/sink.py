@@ -27,11 +27,11 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
-from stacsr.io import store
-from stacsr.io.read import first_line
-from stacsr.redaction import redact
 from stacsr.io.grid import GeoBox, Window, crop_to_own
-from stacsr.io.write import BLOCKSIZE, REFLECTANCE_SCALE, WriteError, cog_from_file, describe, raster_profile
+from stacsr.io.units import REFLECTANCE_SCALE
+from stacsr.io.write import BLOCKSIZE, WriteError, cog_from_file, describe, raster_profile
+from stacsr.plumbing import storage
+from stacsr.plumbing.redaction import first_line, redact
 
 SCRATCH_ENV = "STACSR_SCRATCH"  # where intermediates go when outputs are remote (default: the system's temp)
 COG_FRACTION = 0.75  # a deflated COG with overviews, as a share of the raw pixels (≈ 0.3–0.4 measured; margin)
@@ -78,7 +78,7 @@ def scratch_folder(spec: SinkSpec) -> Path:
         return Path(spec.scratch)
     if os.environ.get(SCRATCH_ENV):
         return Path(os.environ[SCRATCH_ENV])
-    local = [t.url for t in spec.targets if not store.is_remote(t.url)]
+    local = [t.url for t in spec.targets if not storage.is_remote(t.url)]
     return _existing(Path(local[0]).parent) if local else Path(tempfile.gettempdir())
 
 
@@ -103,12 +103,14 @@ def check_disk(spec: SinkSpec) -> None:
     add(scratch_folder(spec), spec.raw_bytes)
     for t in spec.targets:
         cog = per_layer * len(t.layers) * COG_FRACTION
-        add(scratch_folder(spec) if store.is_remote(t.url) else Path(t.url).parent, cog)
+        add(scratch_folder(spec) if storage.is_remote(t.url) else Path(t.url).parent, cog)
     for folder, nbytes in need.values():
         free = shutil.disk_usage(folder).free
         if free < nbytes:
-            raise DiskSpaceError(f"not enough free disk space in {folder}: this item needs about "
-                                 f"{nbytes / 1e9:,.1f} GB, {free / 1e9:,.1f} GB are free")  # fmt: skip
+            raise DiskSpaceError(
+                f"not enough free disk space in {folder}: this item needs about "
+                f"{nbytes / 1e9:,.1f} GB, {free / 1e9:,.1f} GB are free"
+            )
 
 
 @contextlib.contextmanager
@@ -140,8 +142,15 @@ class TileSink:
         self._folder = Path(tempfile.mkdtemp(prefix=".stacsr-", dir=folder))
         for i, target in enumerate(self.spec.targets):
             path = self._folder / f"{i}.tif"
-            profile = dict(raster_profile(self.spec.grid, len(target.layers)), tiled=True, blockxsize=BLOCKSIZE,
-                           blockysize=BLOCKSIZE, interleave="band", bigtiff="YES", sparse_ok=True)  # fmt: skip
+            profile = dict(
+                raster_profile(self.spec.grid, len(target.layers)),
+                tiled=True,
+                blockxsize=BLOCKSIZE,
+                blockysize=BLOCKSIZE,
+                interleave="band",
+                bigtiff="YES",
+                sparse_ok=True,
+            )
             with rasterio.Env(), _naming(target):  # an env of ours: the dataset owns none, any thread may close it
                 dataset = self._stack.enter_context(rasterio.open(path, "w", **profile))
             describe(dataset, target.descriptions, REFLECTANCE_SCALE)
@@ -186,7 +195,7 @@ class TileSink:
                 self.abort()
 
     def _make(self, target: CogTarget, intermediate: Path, upload: bool) -> str:
-        if not store.is_remote(target.url):
+        if not storage.is_remote(target.url):
             href = str(cog_from_file(intermediate, target.url, self.spec.compress))
         else:
             local = cog_from_file(intermediate, intermediate.with_suffix(".cog.tif"), self.spec.compress)
@@ -204,7 +213,7 @@ class TileSink:
 
 def upload_one(local: Path, url: str) -> str:
     """Put a finished COG at its object-storage ``url`` (temporary key, then moved) and delete it here."""
-    href = store.put(local, url)
+    href = storage.put(local, url)
     Path(local).unlink(missing_ok=True)
     return href
 
@@ -213,4 +222,4 @@ def upload(hrefs: dict[str, str] | None) -> dict[str, str] | None:
     """The COGs that :meth:`TileSink.finish` left local (``upload=False``) put at their URLs."""
     if hrefs is None:
         return None
-    return {url: upload_one(Path(h), url) if store.is_remote(url) else h for url, h in hrefs.items()}
+    return {url: upload_one(Path(h), url) if storage.is_remote(url) else h for url, h in hrefs.items()}

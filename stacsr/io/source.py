@@ -21,10 +21,9 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
 
-from stacsr.io import grid as G
-from stacsr.io.grid import GeoBox, Window
-from stacsr.io.read import GDAL_ENV, ReadError, first_line, with_retries
-from stacsr.redaction import redact
+from stacsr.io.grid import GeoBox, GridError, Window, from_rasterio
+from stacsr.io.read import GDAL_ENV, ReadError, with_retries
+from stacsr.plumbing.redaction import first_line, redact
 
 SignFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -56,11 +55,15 @@ def reflect_index(length: int, start: int, stop: int) -> np.ndarray:
 
 
 def _reflected(length_rows: int, length_cols: int, window: Window) -> tuple[np.ndarray, np.ndarray]:
-    return (reflect_index(length_rows, window.row, window.row + window.height),
-            reflect_index(length_cols, window.col, window.col + window.width))  # fmt: skip
+    return (
+        reflect_index(length_rows, window.row, window.row + window.height),
+        reflect_index(length_cols, window.col, window.col + window.width),
+    )
 
 
-def gather(read_block: Callable[[Window], np.ndarray], shape: tuple[int, int], windows: Sequence[Window]) -> list[np.ndarray]:
+def gather(
+    read_block: Callable[[Window], np.ndarray], shape: tuple[int, int], windows: Sequence[Window]
+) -> list[np.ndarray]:
     """Each window of a ``shape`` source, reflected at its edges, from one read of the block that holds them
     all (``read_block(window) -> (bands, h, w)``, the window inside the source)."""
     index = [_reflected(*shape, w) for w in windows]
@@ -157,26 +160,33 @@ def _read_window(band: Band, grid: GeoBox, window: Window) -> np.ndarray:
 
 
 def _same_grid(src: Any, grid: GeoBox) -> bool:
-    return (src.height, src.width) == tuple(grid.shape.yx) and src.crs is not None and src.crs == grid.crs.to_wkt() \
-        and np.allclose(tuple(src.transform)[:6], tuple(grid.affine)[:6], atol=1e-6)  # fmt: skip
+    return (
+        (src.height, src.width) == tuple(grid.shape.yx)
+        and src.crs is not None
+        and src.crs == grid.crs.to_wkt()
+        and np.allclose(tuple(src.transform)[:6], tuple(grid.affine)[:6], atol=1e-6)
+    )
 
 
 def file_source(href: str) -> tuple[RasterSource, list[str | None]]:
     """A GeoTIFF as a source (its bands as they are, reflectance × 10000) and its band descriptions; refuses
     rasters that are not uint16 or have no CRS or are rotated, naming the file."""
+
     def probe() -> tuple[GeoBox, int, tuple[str, ...], list[str | None]]:
         with rasterio.Env(**GDAL_ENV), rasterio.open(href) as src:
-            grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
+            grid = from_rasterio(src.transform, src.crs, (src.height, src.width))
             return grid, src.count, src.dtypes, list(src.descriptions)
 
     try:
         grid, count, dtypes, descriptions = with_retries(probe)
     except RasterioError as e:
         raise ReadError(f"cannot read {redact(href)}: {first_line(e)}") from None
-    except G.GridError as e:
+    except GridError as e:
         raise ReadError(f"{redact(href)}: {e}") from None
     if set(dtypes) != {"uint16"}:
-        raise ReadError(f"{redact(href)} is {dtypes[0] if len(set(dtypes)) == 1 else '/'.join(dtypes)}; "
-                        "stacsr expects uint16 reflectance x 10000")  # fmt: skip
+        raise ReadError(
+            f"{redact(href)} is {dtypes[0] if len(set(dtypes)) == 1 else '/'.join(dtypes)}; "
+            "stacsr expects uint16 reflectance x 10000"
+        )
     layers = tuple(Band(href, i) for i in range(1, count + 1))
     return RasterSource(layers, grid, redact(href)), descriptions

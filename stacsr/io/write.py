@@ -6,54 +6,26 @@ when complete, so a crash never leaves a partial file under a final name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
-import rasterio.shutil
 
 from stacsr.io.grid import GeoBox
-from stacsr.io.read import first_line
+from stacsr.io.units import REFLECTANCE_SCALE
+from stacsr.plumbing.redaction import first_line
+from stacsr.plumbing.storage import atomic_file
+
 
 class WriteError(OSError):
     """A COG that could not be written (nothing is left under its name)."""
 
 
-@contextmanager
-def atomic_file(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block succeeds, removed
-    when it fails. The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600, so a
-    tile server or another user can read what stacsr writes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-REFLECTANCE_SCALE = 1e-4  # uint16 DN × scale = reflectance
 # Fast compression levels: on 4× super-resolved uint16 with predictor 2, deflate level 1 writes 3× faster
 # than level 6 for files about 20 % larger (make bench). Compression runs on all cores.
 LEVELS = {"deflate": 1, "zstd": 1}
@@ -67,9 +39,14 @@ def cog_options(compress: str = "deflate") -> dict[str, str]:
     makes one when compression is on)."""
     compress = compress.lower()
     options = {
-        "COMPRESS": compress.upper(), "PREDICTOR": "2", "BLOCKSIZE": str(BLOCKSIZE), "BIGTIFF": "IF_SAFER",
-        "NUM_THREADS": "ALL_CPUS", "OVERVIEWS": "AUTO", "OVERVIEW_RESAMPLING": "AVERAGE",
-    }  # fmt: skip
+        "COMPRESS": compress.upper(),
+        "PREDICTOR": "2",
+        "BLOCKSIZE": str(BLOCKSIZE),
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": "ALL_CPUS",
+        "OVERVIEWS": "AUTO",
+        "OVERVIEW_RESAMPLING": "AVERAGE",
+    }
     if compress in LEVELS:
         options["LEVEL"] = str(LEVELS[compress])
     return options
@@ -90,8 +67,16 @@ def cog_from_file(src: str | Path, path: str | Path, compress: str = "deflate") 
 def raster_profile(grid: GeoBox, count: int, nodata: int = 0) -> dict:
     """GeoTIFF profile of a uint16 raster on ``grid``."""
     rows, cols = grid.shape.yx
-    return dict(driver="GTiff", count=count, height=rows, width=cols, dtype="uint16", crs=grid.crs.to_wkt(),
-                transform=grid.affine, nodata=nodata)  # fmt: skip
+    return dict(
+        driver="GTiff",
+        count=count,
+        height=rows,
+        width=cols,
+        dtype="uint16",
+        crs=grid.crs.to_wkt(),
+        transform=grid.affine,
+        nodata=nodata,
+    )
 
 
 def describe(dst, descriptions: Sequence[str] | None, scale: float | None) -> None:

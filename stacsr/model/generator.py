@@ -56,8 +56,9 @@ class GeneratorConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def network(self) -> dict:
-        """:meth:`to_dict` less the options that only set how training starts (same network, same weights)."""
+    def architecture(self) -> dict:
+        """The options that define the network and its weights: :meth:`to_dict` less those that only set how
+        training starts (two configs with equal architectures load each other's weights)."""
         return {k: v for k, v in self.to_dict().items() if k != "zero_init_residual"}
 
     @classmethod
@@ -172,8 +173,9 @@ class Generator(nn.Module):
         return outputs
 
 
-def clamp_consistent(y: Tensor, x: Tensor, factor: int, low: float = 1.0, high: float = 65535.0,
-                     tolerance: float = 0.01) -> Tensor:  # fmt: skip
+def clamp_consistent(
+    y: Tensor, x: Tensor, factor: int, low: float = 1.0, high: float = 65535.0, tolerance: float = 0.01
+) -> Tensor:
     """``y`` clipped to ``[low, high]`` with the mean of each ``factor`` × ``factor`` block kept at its input
     pixel ``x`` (clamped to the same range, so always reachable).
 
@@ -189,8 +191,12 @@ def clamp_consistent(y: Tensor, x: Tensor, factor: int, low: float = 1.0, high: 
         return y
     n, c, i, j = out_of_range.nonzero(as_tuple=True)
     offsets = torch.arange(factor, device=y.device)
-    index = (n[:, None, None], c[:, None, None], (i[:, None] * factor + offsets)[:, :, None],
-             (j[:, None] * factor + offsets)[:, None, :])  # fmt: skip
+    index = (
+        n[:, None, None],
+        c[:, None, None],
+        (i[:, None] * factor + offsets)[:, :, None],
+        (j[:, None] * factor + offsets)[:, None, :],
+    )
     blocks = y[index].reshape(len(n), factor * factor).clamp(low, high)
     target = x[n, c, i, j].to(y.dtype).clamp(low, high)
     for _ in range(factor * factor):

@@ -81,8 +81,10 @@ def interior(pyramid: Sequence[Tensor], border: int) -> list[Tensor]:
     (tiles with a halo) never produces."""
     if border <= 0:
         return list(pyramid)
-    return [y[..., border * 2**k : y.shape[-2] - border * 2**k, border * 2**k : y.shape[-1] - border * 2**k]
-            for k, y in enumerate(pyramid)]  # fmt: skip
+    return [
+        y[..., border * 2**k : y.shape[-2] - border * 2**k, border * 2**k : y.shape[-1] - border * 2**k]
+        for k, y in enumerate(pyramid)
+    ]
 
 
 def content_losses(
@@ -245,9 +247,7 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"GAN loss kind must be one of {', '.join(GAN_KINDS)}, not {kind!r}")
 
 
-def gradient_penalty(
-    D: Critic, real: Sequence[Tensor], fake: Sequence[Tensor], norm_scale: float = 10000.0
-) -> Tensor:
+def gradient_penalty(D: Critic, real: Sequence[Tensor], fake: Sequence[Tensor], norm_scale: float = 10000.0) -> Tensor:
     """E[(‖∇D(x̂)‖ − 1)²] on random interpolates x̂ of every scale (one α per sample, norm over all scales).
 
     The gradient is taken with respect to reflectance (the images ÷ ``norm_scale``, what D works on), so
@@ -298,9 +298,7 @@ def discriminator_loss(
     return out
 
 
-def generator_adv_loss(
-    kind: str, D: Critic, real_pyr: Sequence[Tensor] | None, fake_pyr: Sequence[Tensor]
-) -> Tensor:
+def generator_adv_loss(kind: str, D: Critic, real_pyr: Sequence[Tensor] | None, fake_pyr: Sequence[Tensor]) -> Tensor:
     """The generator's adversarial loss (unweighted). ``real_pyr`` is only used by ``"ragan"``."""
     _check_kind(kind)
     d_fake = D(fake_pyr)

@@ -30,8 +30,8 @@ from typing import Any, Mapping
 import pystac
 
 from stacsr import __version__
-from stacsr.io.read import redact
 from stacsr.model.package import CARD, WEIGHTS, ModelPackage
+from stacsr.plumbing.redaction import redact
 
 MLM = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
@@ -83,29 +83,41 @@ def mlm_item(package: ModelPackage, pairs: str | None = None, metrics: dict | No
         "mlm:accelerator": None,  # runs on CPU or CUDA alike
         "mlm:accelerator_constrained": False,
         "mlm:accelerator_summary": "CPU or CUDA GPU; tiles of any size with a halo of the receptive radius",
-        "mlm:input": [{
-            "name": "reflectance",
-            "bands": list(card.bands),
-            "input": {"shape": [-1, n, -1, -1], "dim_order": ["batch", "bands", "height", "width"], "data_type": "uint16"},
-            "description": (
-                f"Sentinel-2 L2A {', '.join(card.bands)} in this order, {card.input_unit}, on the "
-                f"{card.gsd_in:g} m grid; any height and width (tile with a halo of "
-                f"{card.config.receptive_radius} pixels for seamless output). The division by "
-                f"{card.config.norm_scale:g} (value_scaling) happens inside the generator's forward."
-            ),
-            "value_scaling": [{"type": "scale", "value": card.config.norm_scale}],
-            "resize_type": None,
-        }],
-        "mlm:output": [{
-            "name": "super-resolved",
-            "tasks": list(TASKS),
-            "result": {"shape": [-1, n, -1, -1], "dim_order": ["batch", "bands", "height", "width"], "data_type": "uint16"},
-            "bands": list(card.bands),
-            "description": (
-                f"The same bands at {card.gsd_out:g} m: height and width x{scale} the input's, same origin. "
-                f"Reflectance x {card.config.norm_scale:g}, rounded and clipped to 1..65535 (0 = nodata)."
-            ),
-        }],
+        "mlm:input": [
+            {
+                "name": "reflectance",
+                "bands": list(card.bands),
+                "input": {
+                    "shape": [-1, n, -1, -1],
+                    "dim_order": ["batch", "bands", "height", "width"],
+                    "data_type": "uint16",
+                },
+                "description": (
+                    f"Sentinel-2 L2A {', '.join(card.bands)} in this order, {card.input_unit}, on the "
+                    f"{card.gsd_in:g} m grid; any height and width (tile with a halo of "
+                    f"{card.config.receptive_radius} pixels for seamless output). The division by "
+                    f"{card.config.norm_scale:g} (value_scaling) happens inside the generator's forward."
+                ),
+                "value_scaling": [{"type": "scale", "value": card.config.norm_scale}],
+                "resize_type": None,
+            }
+        ],
+        "mlm:output": [
+            {
+                "name": "super-resolved",
+                "tasks": list(TASKS),
+                "result": {
+                    "shape": [-1, n, -1, -1],
+                    "dim_order": ["batch", "bands", "height", "width"],
+                    "data_type": "uint16",
+                },
+                "bands": list(card.bands),
+                "description": (
+                    f"The same bands at {card.gsd_out:g} m: height and width x{scale} the input's, same origin. "
+                    f"Reflectance x {card.config.norm_scale:g}, rounded and clipped to 1..65535 (0 = nodata)."
+                ),
+            }
+        ],
         "mlm:hyperparameters": {k: v for k, v in card.architecture.items() if _HYPER_KEY.match(str(k))},
         "stacsr:version": __version__,
         "stacsr:scale": scale,
@@ -113,7 +125,7 @@ def mlm_item(package: ModelPackage, pairs: str | None = None, metrics: dict | No
         "stacsr:gsd_out": card.gsd_out,
         "stacsr:receptive_radius": card.config.receptive_radius,
         "stacsr:model": {"name": card.name, "version": card.version, "sha256": package.sha256, "ref": package.ref},
-    }  # fmt: skip
+    }
     version = _framework_version(provenance)
     if version:
         props["mlm:framework_version"] = version
@@ -128,34 +140,44 @@ def mlm_item(package: ModelPackage, pairs: str | None = None, metrics: dict | No
         properties=props,
         stac_extensions=list(EXTENSIONS),
     )
-    item.add_asset("weights", pystac.Asset(
-        href=f"./{WEIGHTS}",
-        media_type=WEIGHTS_TYPE,
-        roles=["mlm:model", "mlm:weights"],
-        title=f"{card.name} {card.version} generator weights (safetensors, EMA)",
-        extra_fields={
-            "mlm:artifact_type": ARTIFACT_TYPE,
-            "file:checksum": SHA256_MULTIHASH + package.sha256,
-            "file:size": len(package.weights),
-            "file:local_path": WEIGHTS,
-            "eo:bands": [
-                {"name": b, "common_name": c, "description": f"Sentinel-2 {b} ({c}), {card.input_unit}"}
-                for b, c in zip(card.bands, card.common_names)
-            ],
-        },
-    ))  # fmt: skip
-    item.add_asset("card", pystac.Asset(
-        href=f"./{CARD}",
-        media_type=pystac.MediaType.JSON,
-        roles=["metadata"],
-        title="stacsr model card (bands, scale, architecture, provenance)",
-        extra_fields={"file:local_path": CARD},
-    ))  # fmt: skip
+    item.add_asset(
+        "weights",
+        pystac.Asset(
+            href=f"./{WEIGHTS}",
+            media_type=WEIGHTS_TYPE,
+            roles=["mlm:model", "mlm:weights"],
+            title=f"{card.name} {card.version} generator weights (safetensors, EMA)",
+            extra_fields={
+                "mlm:artifact_type": ARTIFACT_TYPE,
+                "file:checksum": SHA256_MULTIHASH + package.sha256,
+                "file:size": len(package.weights),
+                "file:local_path": WEIGHTS,
+                "eo:bands": [
+                    {"name": b, "common_name": c, "description": f"Sentinel-2 {b} ({c}), {card.input_unit}"}
+                    for b, c in zip(card.bands, card.common_names)
+                ],
+            },
+        ),
+    )
+    item.add_asset(
+        "card",
+        pystac.Asset(
+            href=f"./{CARD}",
+            media_type=pystac.MediaType.JSON,
+            roles=["metadata"],
+            title="stacsr model card (bands, scale, architecture, provenance)",
+            extra_fields={"file:local_path": CARD},
+        ),
+    )
     if pairs:
-        item.add_link(pystac.Link(
-            "derived_from", redact(str(pairs)), media_type="application/vnd.apache.parquet",
-            title="training pairs manifest (stacsr pairs, GeoParquet)",
-        ))  # fmt: skip
+        item.add_link(
+            pystac.Link(
+                "derived_from",
+                redact(str(pairs)),
+                media_type="application/vnd.apache.parquet",
+                title="training pairs manifest (stacsr pairs, GeoParquet)",
+            )
+        )
     return item
 
 

@@ -78,6 +78,7 @@ class ModelPackage:
     generator: Generator
     sha256: str
     weights: bytes = field(repr=False)  # the safetensors file, for shipping to workers
+    folder: str | None = None  # the package folder it was loaded from (None: built from bytes)
 
     def to_bytes(self) -> tuple[str, bytes]:
         """(card JSON, safetensors bytes): what :func:`from_bytes` rebuilds the package from."""
@@ -108,7 +109,9 @@ def load(name_or_path: str | Path = DEFAULT) -> ModelPackage:
     card_file, weights_file = folder / CARD, folder / WEIGHTS
     if not card_file.is_file() or not weights_file.is_file():
         raise ModelError(f"{folder} is not a model package (needs {CARD} and {WEIGHTS})")
-    return from_bytes(card_file.read_text(), weights_file.read_bytes(), source=str(folder))
+    package = from_bytes(card_file.read_text(), weights_file.read_bytes(), source=str(folder))
+    package.folder = str(folder.absolute())
+    return package
 
 
 def from_bytes(card_text: str, weights: bytes, source: str = "<memory>") -> ModelPackage:
@@ -121,6 +124,12 @@ def from_bytes(card_text: str, weights: bytes, source: str = "<memory>") -> Mode
         state = load_safetensors(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"weights of {source} are not a safetensors file ({e})") from None
+    generator = load_generator(card, state, source)
+    return ModelPackage(card, generator, hashlib.sha256(weights).hexdigest(), weights)
+
+
+def load_generator(card: ModelCard, state: dict[str, torch.Tensor], source: str) -> Generator:
+    """The card's network (eval mode) with the weights ``state`` loaded strictly; ModelError when they disagree."""
     if len(card.bands) != card.config.bands or len(card.common_names) != len(card.bands):
         raise ModelError(
             f"model card of {source} lists {len(card.bands)} bands ({', '.join(card.bands)}) "
@@ -128,8 +137,7 @@ def from_bytes(card_text: str, weights: bytes, source: str = "<memory>") -> Mode
         )
     generator = Generator(card.config)
     _load_state(generator, state, source)
-    generator.eval()
-    return ModelPackage(card, generator, hashlib.sha256(weights).hexdigest(), weights)
+    return generator.eval()
 
 
 TRAINING_ONLY = "to_images."  # the generator's intermediate heads, used by MSG-GAN training only

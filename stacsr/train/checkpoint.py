@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stacsr.model.package import CARD, ModelCard
+from stacsr.plumbing.storage import open_fs
 
 GENERATOR = "generator.safetensors"
 GENERATOR_EMA = "generator_ema.safetensors"
@@ -41,6 +42,7 @@ DISCRIMINATOR = "discriminator.safetensors"
 OPTIMIZER_G = "optimizer_g.safetensors"
 OPTIMIZER_D = "optimizer_d.safetensors"
 STATE = "state.json"
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's name for the folders of a run
 FILES = (CARD, GENERATOR, GENERATOR_EMA, DISCRIMINATOR, OPTIMIZER_G, OPTIMIZER_D, STATE)
 FORMAT = "stacsr-train-checkpoint/1"
 PHASE_PRETRAIN, PHASE_GAN = "pretrain", "gan"
@@ -205,41 +207,48 @@ def load_checkpoint(
 # ------------------------------------------------------------------ finding checkpoints of a run
 
 
-def storage_fs(storage: str, filesystem: Any = None) -> tuple[Any, str, str]:
-    """``(pyarrow filesystem, path on it, scheme prefix)`` for a local path or a URI."""
+def storage_fs(storage: str | os.PathLike, filesystem: Any = None) -> tuple[Any, str, str]:
+    """``(pyarrow filesystem, path on it, scheme prefix)`` for a local path or a URI (:func:`open_fs`)."""
+    storage = os.fspath(storage)
+    fs_, path = open_fs(storage if "://" in storage else os.path.abspath(storage), filesystem)
+    return fs_, path, f"{storage.split('://', 1)[0]}://" if "://" in storage else ""
+
+
+def _step(filesystem: Any, folder: str) -> int | None:
+    """The step in ``folder``'s state.json; None when it is unreadable (being written) or not ours."""
+    try:
+        with filesystem.open_input_stream(f"{folder}/{STATE}") as f:
+            state = json.loads(f.read())
+    except (OSError, json.JSONDecodeError):
+        return None
+    step = state.get("step") if isinstance(state, dict) and state.get("format") == FORMAT else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def checkpoint_folders(filesystem: Any, run: str) -> list[str]:
+    """Paths of every ``checkpoint_*`` folder in the run folder ``run`` on ``filesystem``, complete or not."""
     from pyarrow import fs
 
-    storage = os.fspath(storage)
-    if "://" in storage:
-        scheme, rest = storage.split("://", 1)
-        if filesystem is None:
-            filesystem, rest = fs.FileSystem.from_uri(storage)
-        return filesystem, rest.rstrip("/"), f"{scheme}://"
-    return filesystem or fs.LocalFileSystem(), os.path.abspath(storage), ""
+    infos = filesystem.get_file_info(fs.FileSelector(run, allow_not_found=True))
+    return [i.path for i in infos if i.type == fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
+
+
+def run_checkpoints(filesystem: Any, run: str) -> list[tuple[int, str]]:
+    """``[(step, path)]`` of the complete checkpoints in the run folder ``run`` on ``filesystem``, by step
+    (then path); ``OSError`` when the run cannot be listed."""
+    found = ((_step(filesystem, path), path) for path in checkpoint_folders(filesystem, run))
+    return sorted((step, path) for step, path in found if step is not None)
 
 
 def list_checkpoints(storage: str | os.PathLike, name: str, filesystem: Any = None) -> list[tuple[int, str]]:
     """``[(step, path)]`` of the run's complete checkpoints, by step (paths keep ``storage``'s scheme)."""
-    from pyarrow import fs
-
     filesystem, root, prefix = storage_fs(os.fspath(storage), filesystem)
     run = f"{root}/{name}"
     try:
-        infos = filesystem.get_file_info(fs.FileSelector(run, allow_not_found=True))
+        found = run_checkpoints(filesystem, run)
     except OSError as e:
         raise CheckpointError(f"cannot list run {prefix}{run}: {str(e).splitlines()[0]}") from None
-    found = []
-    for info in infos:
-        if info.type != fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with filesystem.open_input_stream(f"{info.path}/{STATE}") as f:
-                state = json.loads(f.read())
-        except (OSError, json.JSONDecodeError):
-            continue  # a checkpoint being written, or not ours
-        if state.get("format") == FORMAT:
-            found.append((int(state["step"]), prefix + info.path))
-    return sorted(found)
+    return [(step, prefix + path) for step, path in found]
 
 
 def latest_checkpoint(storage: str | os.PathLike, name: str, filesystem: Any = None) -> str:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import math
 import os
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from stacsr.model.discriminator import DiscriminatorConfig
 from stacsr.model.generator import GeneratorConfig
 from stacsr.model.losses import GAN_KINDS, VGG19_LAYERS, LossWeights
+from stacsr.plumbing.config import parse_dataclass
 
 
 @dataclass(frozen=True)
@@ -36,9 +35,15 @@ class DiscriminatorSection:
     spectral_norm: bool = False
 
     def config(self, generator: GeneratorConfig) -> DiscriminatorConfig:
-        return DiscriminatorConfig(bands=generator.bands, scale=generator.scale, features=self.features,
-                                   max_features=self.max_features, mbstd_group=self.mbstd_group,
-                                   spectral_norm=self.spectral_norm, norm_scale=generator.norm_scale)  # fmt: skip
+        return DiscriminatorConfig(
+            bands=generator.bands,
+            scale=generator.scale,
+            features=self.features,
+            max_features=self.max_features,
+            mbstd_group=self.mbstd_group,
+            spectral_norm=self.spectral_norm,
+            norm_scale=generator.norm_scale,
+        )
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,9 @@ class LossSection:
     border: int = 0  # LR pixels at each patch edge left out of the content losses (see losses.interior)
 
     def weights(self) -> LossWeights:
-        return LossWeights(l1=self.l1, l2=self.l2, vgg=self.vgg, gan=self.gan, gp=self.gp, drift=self.drift,
-                           gan_kind=self.gan_kind)  # fmt: skip
+        return LossWeights(
+            l1=self.l1, l2=self.l2, vgg=self.vgg, gan=self.gan, gp=self.gp, drift=self.drift, gan_kind=self.gan_kind
+        )
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,11 @@ class TrainConfig:
         need(0.0 <= self.ema < 1.0, "ema", f"the EMA decay must lie in [0, 1), not {self.ema}")
         need(self.generator.scale in (2, 4, 8), "generator.scale", f"must be 2, 4 or 8, not {self.generator.scale}")
         for key in ("bands", "features", "blocks", "head_kernel", "tail_kernel"):
-            need(getattr(self.generator, key) >= 1, f"generator.{key}", f"must be ≥ 1, not {getattr(self.generator, key)}")
+            need(
+                getattr(self.generator, key) >= 1,
+                f"generator.{key}",
+                f"must be ≥ 1, not {getattr(self.generator, key)}",
+            )
         need(self.generator.norm_scale > 0, "generator.norm_scale", "must be > 0")
         need(self.discriminator.features >= 1, "discriminator.features", "must be ≥ 1")
         need(self.discriminator.mbstd_group >= 0, "discriminator.mbstd_group", "must be ≥ 0")
@@ -142,18 +152,25 @@ class TrainConfig:
         need(L.gan_kind in GAN_KINDS, "losses.gan_kind", f"must be one of {', '.join(GAN_KINDS)}, not {L.gan_kind!r}")
         need(L.border >= 0, "losses.border", f"must be ≥ 0, not {L.border}")
         need(L.vgg_layer in VGG19_LAYERS, "losses.vgg_layer", f"unknown VGG19 layer {L.vgg_layer!r}")
-        O = self.optimiser
-        need(O.lr_g > 0 and O.lr_d > 0, "optimiser.lr_g/lr_d", "learning rates must be > 0")
-        need(all(0 <= b < 1 for b in O.betas), "optimiser.betas", f"must lie in [0, 1), not {list(O.betas)}")
-        need(O.schedule in ("constant", "cosine"), "optimiser.schedule", f"must be constant or cosine, not {O.schedule!r}")
-        need(O.warmup_steps >= 0, "optimiser.warmup_steps", "must be ≥ 0")
-        need(0 <= O.final_lr_ratio <= 1, "optimiser.final_lr_ratio", "must lie in [0, 1]")
+        opt = self.optimiser
+        need(opt.lr_g > 0 and opt.lr_d > 0, "optimiser.lr_g/lr_d", "learning rates must be > 0")
+        need(all(0 <= b < 1 for b in opt.betas), "optimiser.betas", f"must lie in [0, 1), not {list(opt.betas)}")
+        need(
+            opt.schedule in ("constant", "cosine"),
+            "optimiser.schedule",
+            f"must be constant or cosine, not {opt.schedule!r}",
+        )
+        need(opt.warmup_steps >= 0, "optimiser.warmup_steps", "must be ≥ 0")
+        need(0 <= opt.final_lr_ratio <= 1, "optimiser.final_lr_ratio", "must lie in [0, 1]")
         need(0 <= self.augment.gain < 1, "augment.gain", f"must lie in [0, 1), not {self.augment.gain}")
         Dg = self.degradation
         need(Dg.kind in ("area", "mtf", "mixed"), "degradation.kind", f"must be area, mtf or mixed, not {Dg.kind!r}")
         need(Dg.sigma > 0, "degradation.sigma", "must be > 0")
-        need(0 <= Dg.sigma_min <= Dg.sigma * 4 / 3, "degradation.sigma_min",
-             f"must be in [0, 4/3 × sigma = {Dg.sigma * 4 / 3:g}], not {Dg.sigma_min}")
+        need(
+            0 <= Dg.sigma_min <= Dg.sigma * 4 / 3,
+            "degradation.sigma_min",
+            f"must be in [0, 4/3 × sigma = {Dg.sigma * 4 / 3:g}], not {Dg.sigma_min}",
+        )
         need(Dg.noise_std >= 0, "degradation.noise_std", "must be ≥ 0")
 
     @property
@@ -169,86 +186,9 @@ class TrainConfig:
 # ------------------------------------------------------------------ loading and checking
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """``value`` as type ``tp`` (str annotations resolved), or a ValueError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ValueError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {key} must be a list, not {value!r}")
-        (arg,) = typing.get_args(tp)
-        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"config key {key} must be a list of {len(args)} numbers, not {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {key} must be true or false, not {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key {key} must be an integer, not {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key {key} must be a number, not {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"config key {key} must be a string, not {value!r}")
-        return value
-    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
-        return _dataclass(tp, value, key)
-    raise ValueError(f"config key {key}: unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def _dataclass(cls: type, data: Any, prefix: str = "") -> Any:
-    where = prefix or "the configuration"
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"config key {where} must be a mapping of keys to values, not {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.init}
-    unknown = [str(k) for k in data if k not in known]
-    if unknown:
-        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ValueError(f"unknown config key {name} (known{' in ' + prefix if prefix else ''}: "
-                         f"{', '.join(sorted(known))})")  # fmt: skip
-    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - all fields have defaults
-        raise ValueError(f"config {where}: {e}") from None
-
-
-def parse_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
-    """``cls`` (a dataclass, nested ones and lists of them included) from a YAML-shaped mapping: unknown keys
-    and wrong types raise a ValueError naming the key. Shared by every YAML file stacsr reads."""
-    return _dataclass(cls, data, prefix)
-
-
 def from_dict(data: Mapping[str, Any] | None) -> TrainConfig:
     """A :class:`TrainConfig` from a (YAML-shaped) dict, checked key by key."""
-    return _dataclass(TrainConfig, data)
+    return parse_dataclass(TrainConfig, data)
 
 
 def load_config(path: str | os.PathLike | None) -> TrainConfig:
@@ -270,4 +210,3 @@ def load_config(path: str | os.PathLike | None) -> TrainConfig:
         return from_dict(data)
     except ValueError as e:
         raise ValueError(f"training config {path}: {e}") from None
-

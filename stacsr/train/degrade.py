@@ -46,7 +46,7 @@ def _check(hr: Any, scale: int) -> None:
         raise ValueError(f"HR patch {rows}×{cols} is not a multiple of the scale {scale}")
 
 
-def _invalid_blocks(hr: Any, scale: int) -> Any:
+def invalid_blocks(hr: Any, scale: int) -> Any:
     """``(..., rows/scale, cols/scale)`` bool: blocks holding a 0 in any band (band axis = -3 when present)."""
     zero = hr == 0
     if hr.ndim >= 3:
@@ -58,7 +58,8 @@ def _invalid_blocks(hr: Any, scale: int) -> Any:
     return blocks.any(axis=(-3, -1))
 
 
-def _block_mean(x: Any, scale: int) -> Any:
+def block_mean(x: Any, scale: int) -> Any:
+    """Mean over ``scale × scale`` blocks of the last two axes (no nodata handling: see :func:`area`)."""
     *lead, rows, cols = x.shape
     blocks = x.reshape(*lead, rows // scale, scale, cols // scale, scale)
     return blocks.mean(dim=(-3, -1)) if _is_torch(x) else blocks.mean(axis=(-3, -1))
@@ -68,8 +69,8 @@ def area(hr: Any, scale: int) -> Any:
     """Block mean over ``scale × scale`` HR pixels; blocks with any nodata become 0."""
     _check(hr, scale)
     x = hr.float() if _is_torch(hr) else np.asarray(hr, dtype=np.float32)
-    lr = _block_mean(x, scale)
-    bad = _invalid_blocks(x, scale)
+    lr = block_mean(x, scale)
+    bad = invalid_blocks(x, scale)
     if _is_torch(x):
         return lr.masked_fill(bad.expand_as(lr), 0.0)
     return np.where(bad, np.float32(0), lr).astype(np.float32)
@@ -128,7 +129,7 @@ def mtf(hr: Any, scale: int, sigma: float = DEFAULT_SIGMA) -> Any:
     """Gaussian blur per band approximating the sensor MTF, then :func:`area`; nodata as in :func:`area`."""
     _check(hr, scale)
     lr = area(blur(hr, sigma), scale)
-    bad = _invalid_blocks(hr, scale)  # the blur keeps zeros in place, but say it explicitly
+    bad = invalid_blocks(hr, scale)  # the blur keeps zeros in place, but say it explicitly
     if _is_torch(lr):
         return lr.masked_fill(bad.expand_as(lr), 0.0)
     return np.where(bad, np.float32(0), lr).astype(np.float32)
@@ -156,8 +157,15 @@ def noise(lr: Any, std: float, rng: Any = None) -> Any:
     return np.where(x == 0, np.float32(0), np.maximum(x + n, 1)).astype(np.float32)
 
 
-def degrade(hr: Any, scale: int, kind: str = "area", sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0,
-            rng: Any = None, sigma_min: float = 0.0) -> Any:  # fmt: skip
+def degrade(
+    hr: Any,
+    scale: int,
+    kind: str = "area",
+    sigma: float = DEFAULT_SIGMA,
+    noise_std: float = 0.0,
+    rng: Any = None,
+    sigma_min: float = 0.0,
+) -> Any:
     """LR from HR by ``kind`` (``"area"``, ``"mtf"`` or ``"mixed"``, whose σ is drawn in [``sigma_min``,
     4/3 × ``sigma``] with the numpy ``rng``), then optional noise."""
     if kind == "mixed":
@@ -215,11 +223,17 @@ def blur_each(hr: Any, sigmas: list[float]) -> Any:
     return out.masked_fill(valid == 0, 0.0).to(hr.float().dtype)
 
 
-def mixed_batch(hr: Any, scale: int, sigma: float = DEFAULT_SIGMA, noise_std: float = 0.0, generator: Any = None,
-                sigma_min: float = 0.0) -> Any:  # fmt: skip
+def mixed_batch(
+    hr: Any,
+    scale: int,
+    sigma: float = DEFAULT_SIGMA,
+    noise_std: float = 0.0,
+    generator: Any = None,
+    sigma_min: float = 0.0,
+) -> Any:
     """LR of a torch HR batch by the ``mixed`` degradation, a fresh σ per sample (:func:`mixed_sigmas`), then
     optional noise; nodata as in :func:`area`. Draws from ``generator`` (default torch's global one)."""
     _check(hr, scale)
     lr = area(blur_each(hr, mixed_sigmas(hr.shape[0], sigma, generator, sigma_min)), scale)
-    lr = lr.masked_fill(_invalid_blocks(hr, scale).expand_as(lr), 0.0)
+    lr = lr.masked_fill(invalid_blocks(hr, scale).expand_as(lr), 0.0)
     return noise(lr, noise_std, generator) if noise_std else lr

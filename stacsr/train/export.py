@@ -21,19 +21,17 @@ import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from stacsr.io.read import first_line, redact
+from stacsr.model.generator import Generator
 from stacsr.model.mlm import mlm_item
+from stacsr.model.package import CARD, ModelCard, ModelError, ModelPackage, load_generator, save
+from stacsr.plumbing.redaction import first_line, redact
+from stacsr.plumbing.storage import StoreError, open_fs
+from stacsr.train import checkpoint as C
 
-if TYPE_CHECKING:
-    from stacsr.model.package import ModelPackage
-
-CARD = "card.json"
-EMA = "generator_ema.safetensors"
-STATE = "state.json"
-CHECKPOINT_FILES = (CARD, EMA, "generator.safetensors", "discriminator.safetensors", STATE)
-CHECKPOINT_PREFIX = "checkpoint_"
+EMA, STATE = C.GENERATOR_EMA, C.STATE
+CHECKPOINT_FILES = (CARD, EMA, C.GENERATOR, C.DISCRIMINATOR, STATE)
 ITEM = "item.json"
 _STRIP = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers, should a state carry them
 
@@ -42,8 +40,14 @@ class ExportError(ValueError):
     """A run or checkpoint that cannot be exported (missing, empty, incomplete, inconsistent)."""
 
 
-def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: Any = None, name: str | None = None,
-           version: str | None = None, description: str | None = None) -> "ModelPackage":
+def export(
+    run_or_checkpoint: str | os.PathLike,
+    out: str | Path,
+    filesystem: Any = None,
+    name: str | None = None,
+    version: str | None = None,
+    description: str | None = None,
+) -> ModelPackage:
     """Write the model package of a checkpoint (or of a run's latest checkpoint) to the local folder ``out``.
 
     ``run_or_checkpoint`` is a local path or a URI pyarrow understands (``s3://bucket/runs/name``; S3
@@ -52,8 +56,6 @@ def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: An
     the checkpoint (without query string) and its step. ``name``/``version`` replace the card's (by default
     the run name and 0.1.0); ``description`` goes into its provenance. Raises :class:`ExportError`.
     """
-    from stacsr.model import package as M
-
     source = os.fspath(run_or_checkpoint)
     fs_, root = _filesystem(source, filesystem)
     checkpoint = _find_checkpoint(fs_, root, source)
@@ -81,7 +83,7 @@ def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: An
 
     out = Path(out)
     try:
-        package = M.save(card, generator, out)
+        package = save(card, generator, out)
     except OSError as e:
         raise ExportError(f"cannot write the model package to {out}: {first_line(e)}") from None
     pairs = provenance.get("pairs")
@@ -95,17 +97,11 @@ def export(run_or_checkpoint: str | os.PathLike, out: str | Path, filesystem: An
 
 
 def _filesystem(path: str, filesystem: Any = None) -> tuple[Any, str]:
-    from pyarrow import fs
-
-    if filesystem is not None:
-        return filesystem, (path.split("://", 1)[1] if "://" in path else path).rstrip("/")
-    if "://" not in path:
-        return fs.LocalFileSystem(), os.path.abspath(path)
+    """:func:`stacsr.plumbing.storage.open_fs`, refusing with :class:`ExportError`."""
     try:
-        fs_, root = fs.FileSystem.from_uri(path)
-    except Exception as e:  # noqa: BLE001 — pyarrow raises ArrowInvalid / OSError for bad URIs
-        raise ExportError(f"cannot open {redact(path)}: {first_line(e)}") from None
-    return fs_, root.rstrip("/")
+        return open_fs(path, filesystem)
+    except StoreError as e:
+        raise ExportError(str(e)) from None
 
 
 def _uri(source: str, root: str, path: str) -> str:
@@ -133,7 +129,8 @@ def _list(fs_: Any, path: str, where: str) -> list:
 
 
 def _find_checkpoint(fs_: Any, root: str, source: str) -> str:
-    """The checkpoint folder: ``root`` itself, or the latest ``checkpoint_*`` folder in it."""
+    """The checkpoint folder: ``root`` itself, or the run ``root``'s latest checkpoint
+    (:func:`stacsr.train.checkpoint.run_checkpoints`; when no state can be read, the lexically last)."""
     from pyarrow import fs
 
     where = redact(source)
@@ -142,24 +139,19 @@ def _find_checkpoint(fs_: Any, root: str, source: str) -> str:
         raise ExportError(f"{where} does not exist (expected a run folder or a checkpoint folder)")
     if info.type != fs.FileType.Directory:
         raise ExportError(f"{where} is not a folder (expected a run folder or a checkpoint folder)")
-    entries = _list(fs_, root, where)
-    names = {e.base_name for e in entries if e.type == fs.FileType.File}
+    names = {e.base_name for e in _list(fs_, root, where) if e.type == fs.FileType.File}
     if names & set(CHECKPOINT_FILES):
         return root  # a checkpoint folder (complete or not: _copy_local says what is missing)
-    checkpoints = [e.path for e in entries if e.type == fs.FileType.Directory and e.base_name.startswith(CHECKPOINT_PREFIX)]
-    if not checkpoints:
-        raise ExportError(f"{where} holds no checkpoint (no {CHECKPOINT_PREFIX}* folder, no {EMA})")
-    return max(checkpoints, key=lambda p: (_step(fs_, p), p.rstrip("/").rsplit("/", 1)[-1]))
-
-
-def _step(fs_: Any, checkpoint: str) -> float:
-    """The step saved in ``checkpoint``'s state.json; -inf when it cannot be read."""
     try:
-        with fs_.open_input_stream(f"{checkpoint}/{STATE}") as f:
-            step = json.loads(f.read().decode("utf-8")).get("step")
-        return float(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else float("-inf")
-    except Exception:  # noqa: BLE001 — any unreadable state ranks last
-        return float("-inf")
+        complete = C.run_checkpoints(fs_, root)
+        folders = C.checkpoint_folders(fs_, root)
+    except OSError as e:
+        raise ExportError(f"cannot list {where}: {first_line(e)}") from None
+    if complete:
+        return complete[-1][1]
+    if not folders:
+        raise ExportError(f"{where} holds no checkpoint (no {C.CHECKPOINT_PREFIX}* folder, no {EMA})")
+    return max(folders, key=lambda p: p.rstrip("/").rsplit("/", 1)[-1])
 
 
 def _copy_local(fs_: Any, checkpoint: str, folder: Path, where: str) -> Path:
@@ -197,37 +189,33 @@ def _read_state(path: Path, where: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ building the package
 
 
-def _build(card_text: bytes, ema: bytes, where: str):
+def _card(card_text: bytes, where: str) -> ModelCard:
+    """The checkpoint's model card; ExportError when it is not one."""
+    try:
+        card = ModelCard.from_dict(json.loads(card_text))
+        _ = card.config  # the architecture must make a network
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{CARD} of checkpoint {where} is not valid JSON: {e}") from None
+    except (ModelError, TypeError, ValueError) as e:
+        raise ExportError(f"{CARD} of checkpoint {where} is not a model card: {first_line(e)}") from None
+    return card
+
+
+def _build(card_text: bytes, ema: bytes, where: str) -> tuple[ModelCard, Generator]:
     """(card, generator with the EMA weights) from the checkpoint's files; ExportError when they disagree."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
-    from stacsr.model import package as M
-    from stacsr.model.generator import Generator
-
-    try:
-        card = M.ModelCard.from_dict(json.loads(card_text))
-        config = card.config
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{CARD} of checkpoint {where} is not valid JSON: {e}") from None
-    except (M.ModelError, TypeError, ValueError) as e:
-        raise ExportError(f"{CARD} of checkpoint {where} is not a model card: {first_line(e)}") from None
-    if len(card.bands) != config.bands or len(card.common_names) != len(card.bands):
-        raise ExportError(
-            f"{CARD} of checkpoint {where} lists {len(card.bands)} bands ({', '.join(card.bands)}) "
-            f"but its network takes {config.bands}"
-        )
+    card = _card(card_text, where)
     try:
         state = load_safetensors(ema)
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{EMA} of checkpoint {where} is not a safetensors file ({first_line(e)})") from None
-    state = {_strip(k): v for k, v in state.items()}
     try:
-        generator = Generator(config)
-        M._load_state(generator, state, f"checkpoint {where}")
-    except (M.ModelError, ValueError, RuntimeError) as e:
+        generator = load_generator(card, {_strip(k): v for k, v in state.items()}, f"checkpoint {where}")
+    except (ModelError, ValueError, RuntimeError) as e:
         raise ExportError(f"{EMA} does not match {CARD}: {first_line(e)}") from None
-    return card, generator.eval()
+    return card, generator
 
 
 def _redacted(value: Any) -> Any:

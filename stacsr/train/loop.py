@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, replace
 import tempfile
 from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -44,17 +44,25 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from stacsr.model import losses as L
 from stacsr.model.discriminator import Discriminator
 from stacsr.model.generator import Generator
+from stacsr.model.losses import (
+    LossWeights,
+    content_losses,
+    discriminator_loss,
+    generator_adv_loss,
+    hr_pyramid,
+    interior,
+    perceptual_network,
+)
 from stacsr.model.package import ModelCard, from_bytes
-from stacsr.train import checkpoint as C
-from stacsr.train import degrade as DG
+from stacsr.plumbing import figures
+from stacsr.train.checkpoint import PHASE_GAN, PHASE_PRETRAIN, load_checkpoint, save_checkpoint
 from stacsr.train.config import TrainConfig, from_dict
+from stacsr.train.degrade import mixed_batch
 
 TB_FOLDER = "tensorboard"
 PREVIEW_TAG = "preview/lr_sr_hr"
-RGB_BANDS = ("B04", "B03", "B02")
 
 
 class PyramidG(nn.Module):
@@ -77,25 +85,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------ previews
 
 
-def rgb_indices(bands: Sequence[str]) -> list[int]:
-    """Indices of B04, B03, B02 (red, green, blue) in ``bands``; else the first three reversed, else band 0."""
-    if all(b in bands for b in RGB_BANDS):
-        return [list(bands).index(b) for b in RGB_BANDS]
-    return [2, 1, 0] if len(bands) >= 3 else [0, 0, 0]
-
-
 def preview_image(lr: Tensor, sr: Tensor, hr: Tensor, bands: Sequence[str]) -> np.ndarray:
-    """``(3, H, 3W)`` float32 in [0, 1]: LR (nearest) | SR | HR of one sample ``(bands, …)``, RGB, the 2–98 %
-    range of the HR patch (per channel) stretched to [0, 1] on all three panels."""
-    idx = rgb_indices(bands)
-    size = hr.shape[-2:]
-    lr_up = F.interpolate(lr[None].float(), size=tuple(size), mode="nearest")[0]
-    panels = [t.detach().float().cpu().numpy()[idx] for t in (lr_up, sr, hr)]
-    ref = panels[2].reshape(3, -1)
-    lo, hi = np.percentile(ref, 2, axis=1), np.percentile(ref, 98, axis=1)
-    scale = np.where(hi > lo, hi - lo, 1.0)
-    out = [np.clip((p - lo[:, None, None]) / scale[:, None, None], 0, 1) for p in panels]
-    return np.concatenate(out, axis=2).astype(np.float32)
+    """``(3, H, 3W)`` float32 in [0, 1]: LR (nearest) | SR | HR of one sample ``(bands, …)``, RGB, stretched
+    by the figure renderer on the HR patch."""
+    lr_up = F.interpolate(lr[None].float(), size=tuple(hr.shape[-2:]), mode="nearest")[0]
+    panels = [t.detach().float().cpu().numpy() for t in (lr_up, sr, hr)]
+    return np.concatenate(figures.stretch(panels, bands, reference=-1), axis=2)
 
 
 # ------------------------------------------------------------------ TensorBoard
@@ -151,8 +146,10 @@ def _batches(shard: Any, batch_size: int, rank: int) -> Iterator[tuple[Tensor, T
             n += 1
             yield batch["lr"], batch["hr"]
         if n == 0:
-            raise ValueError(f"worker {rank} got no full batch of {batch_size} pairs in epoch {epoch}: "
-                             "the manifest has too few pairs for this batch size and number of workers")  # fmt: skip
+            raise ValueError(
+                f"worker {rank} got no full batch of {batch_size} pairs in epoch {epoch}: "
+                "the manifest has too few pairs for this batch size and number of workers"
+            )
         epoch += 1
 
 
@@ -176,7 +173,7 @@ def worker_lr(lr: Tensor, hr: Tensor, config: TrainConfig, degrade_in_loop: bool
     if not degrade_in_loop:
         return lr
     Dg = config.degradation
-    return DG.mixed_batch(hr, config.generator.scale, Dg.sigma, Dg.noise_std, sigma_min=Dg.sigma_min)
+    return mixed_batch(hr, config.generator.scale, Dg.sigma, Dg.noise_std, sigma_min=Dg.sigma_min)
 
 
 def set_learning_rates(nets: "Nets", optimiser: Any, step: int, steps: int) -> None:
@@ -223,9 +220,9 @@ def build_nets(config: TrainConfig, device: torch.device | str, init: Generator 
     G.to(device)
     D.to(device)
     ema = copy.deepcopy(G).requires_grad_(False).eval()
-    O = config.optimiser
-    opt_g = torch.optim.Adam(G.parameters(), lr=O.lr_g, betas=O.betas, eps=O.eps)
-    opt_d = torch.optim.Adam(D.parameters(), lr=O.lr_d, betas=O.betas, eps=O.eps)
+    opt = config.optimiser
+    opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr_g, betas=opt.betas, eps=opt.eps)
+    opt_d = torch.optim.Adam(D.parameters(), lr=opt.lr_d, betas=opt.betas, eps=opt.eps)
     return Nets(G, PyramidG(G), D, D, ema, opt_g, opt_d)
 
 
@@ -235,14 +232,23 @@ def wrap_nets(nets: Nets, wrap: Any) -> Nets:
 
 
 def train_step(
-    nets: Nets, lr: Tensor, hr: Tensor, weights: L.LossWeights, vgg: nn.Module | None, levels: int,
-    norm: float, gan: bool, amp: Any, ema_decay: float, border: int = 0,
-) -> dict[str, Tensor]:  # fmt: skip
+    nets: Nets,
+    lr: Tensor,
+    hr: Tensor,
+    weights: LossWeights,
+    vgg: nn.Module | None,
+    levels: int,
+    norm: float,
+    gan: bool,
+    amp: Any,
+    ema_decay: float,
+    border: int = 0,
+) -> dict[str, Tensor]:
     """One optimiser step: a D step (when ``gan``), a G step on content (+ adversarial) loss, the EMA update.
 
     Returns every loss term of the step (``d_loss``, ``gp``… only when ``gan``).
     """
-    hr_pyr = L.hr_pyramid(hr, levels)
+    hr_pyr = hr_pyramid(hr, levels)
     with amp:
         sr_pyr = [y.float() for y in nets.Gp(lr)]
     metrics: dict[str, Tensor] = {}
@@ -250,17 +256,17 @@ def train_step(
     if gan:
         nets.opt_d.zero_grad(set_to_none=True)
         with amp:
-            d_terms = L.discriminator_loss(weights.gan_kind, nets.Dp, hr_pyr, sr_pyr, weights.gp, weights.drift, norm)
+            d_terms = discriminator_loss(weights.gan_kind, nets.Dp, hr_pyr, sr_pyr, weights.gp, weights.drift, norm)
         d_terms["d_loss"].float().backward()
         nets.opt_d.step()
         metrics.update(d_terms)
     nets.opt_g.zero_grad(set_to_none=True)
     with amp:
-        terms = L.content_losses(L.interior(sr_pyr, border), L.interior(hr_pyr, border), weights, vgg, norm)
+        terms = content_losses(interior(sr_pyr, border), interior(hr_pyr, border), weights, vgg, norm)
         g_total = terms["content"]
         if gan:
             nets.D.requires_grad_(False)  # the raw D: its gradients are not wanted, DDP not involved
-            adv = L.generator_adv_loss(weights.gan_kind, nets.D, hr_pyr, sr_pyr)
+            adv = generator_adv_loss(weights.gan_kind, nets.D, hr_pyr, sr_pyr)
             nets.D.requires_grad_(True)
             g_total = g_total + weights.gan * adv
             metrics["adv"] = adv
@@ -296,24 +302,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("init_weights") is not None:
         init = from_bytes(loop_config["init_card"], loop_config["init_weights"], source="--init-from").generator
     nets = build_nets(config, device, init)
-    G, D, ema, opt_g, opt_d, O = nets.G, nets.D, nets.ema, nets.opt_g, nets.opt_d, config.optimiser
+    G, D, ema, opt_g, opt_d, opt = nets.G, nets.D, nets.ema, nets.opt_g, nets.opt_d, config.optimiser
 
     start = 0
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as folder:
-            start = C.load_checkpoint(folder, generator=G, generator_ema=ema, discriminator=D,
-                                      optimizer_g=opt_g, optimizer_d=opt_d).step  # fmt: skip
+            start = load_checkpoint(
+                folder, generator=G, generator_ema=ema, discriminator=D, optimizer_g=opt_g, optimizer_d=opt_d
+            ).step
     if start >= config.steps:
         return  # already trained this far: nothing to do (no report, no new checkpoint)
 
-    vgg = L.perceptual_network(weights, config.losses.vgg_weights, config.losses.vgg_layer)
+    vgg = perceptual_network(weights, config.losses.vgg_weights, config.losses.vgg_layer)
     if vgg is not None:
         vgg.to(device)
     nets = wrap_nets(nets, ray.train.torch.prepare_model)
     torch.manual_seed(config.seed * 7919 + 1000 * rank + start)  # GP mixing, per worker and session
 
-    board = Board(loop_config["storage"], loop_config["name"], loop_config.get("storage_filesystem")) if rank == 0 else None
+    board = (
+        Board(loop_config["storage"], loop_config["name"], loop_config.get("storage_filesystem")) if rank == 0 else None
+    )
     shard = ray.train.get_dataset_shard("train")
     step = start
     extra = {"discriminator": config.discriminator_config.to_dict(), "config": config.to_dict(), "world_size": world}
@@ -322,16 +331,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             lr, hr = lr.to(device), hr.to(device)
             lr = worker_lr(lr, hr, config, bool(loop_config.get("degrade_in_loop")))
             lr, hr = augment(lr, hr, config.augment.dihedral, config.augment.gain)
-            set_learning_rates(nets, O, step, config.steps)
-            phase = C.PHASE_PRETRAIN if step < config.pretrain_steps else C.PHASE_GAN
-            metrics = train_step(nets, lr, hr, weights, vgg, levels, norm, phase == C.PHASE_GAN, amp, config.ema,
-                                 config.losses.border)  # fmt: skip
+            set_learning_rates(nets, opt, step, config.steps)
+            phase = PHASE_PRETRAIN if step < config.pretrain_steps else PHASE_GAN
+            metrics = train_step(
+                nets, lr, hr, weights, vgg, levels, norm, phase == PHASE_GAN, amp, config.ema, config.losses.border
+            )
             step += 1
 
             if board is not None and (step % config.log_every == 0 or step == config.steps or step == start + 1):
                 board.scalars({f"loss/{k}": v for k, v in _floats(metrics).items()}, step)
-                board.scalars({"lr/generator": opt_g.param_groups[0]["lr"],
-                               "lr/discriminator": opt_d.param_groups[0]["lr"]}, step)  # fmt: skip
+                board.scalars(
+                    {"lr/generator": opt_g.param_groups[0]["lr"], "lr/discriminator": opt_d.param_groups[0]["lr"]}, step
+                )
             if board is not None and (step % config.preview_every == 0 or step == config.steps):
                 with torch.no_grad():
                     sr = ema(lr[:1].float())[0]
@@ -341,9 +352,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if rank == 0:
                     board.sync()
                     with tempfile.TemporaryDirectory(prefix="stacsr-ckpt-") as folder:
-                        C.save_checkpoint(folder, card=card, generator=G, generator_ema=ema, discriminator=D,
-                                          optimizer_g=opt_g, optimizer_d=opt_d, step=step, phase=phase,
-                                          extra=extra)  # fmt: skip
+                        save_checkpoint(
+                            folder,
+                            card=card,
+                            generator=G,
+                            generator_ema=ema,
+                            discriminator=D,
+                            optimizer_g=opt_g,
+                            optimizer_d=opt_d,
+                            step=step,
+                            phase=phase,
+                            extra=extra,
+                        )
                         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
                 else:
                     ray.train.report(report, checkpoint=None)

@@ -21,12 +21,12 @@ import re
 from typing import Any
 
 from stacsr.catalog.presets import COMMON_NAMES, Preset
-from stacsr.io.store import s3_filesystem_from_env
 from stacsr.model import losses as L
 from stacsr.model import package as M
 from stacsr.model.package import ModelCard
+from stacsr.plumbing.storage import open_fs
 from stacsr.train.config import TrainConfig, load_config
-from stacsr.train.pairs import KIND_WALD, PairsError, manifest_metadata, read_manifest
+from stacsr.train.manifest import KIND_WALD, PairsError, manifest_metadata, read_manifest
 
 
 class TrainError(RuntimeError):
@@ -40,18 +40,16 @@ def resolve_storage(storage: str | os.PathLike, filesystem: Any = None) -> tuple
     """``(storage as given to the loop, storage_path for Ray, filesystem for Ray)``.
 
     Local: an absolute path and no filesystem. ``s3://``: the URI for the loop, the bucket/prefix for Ray and
-    a filesystem (``filesystem`` or one built from the environment).
+    a filesystem (``filesystem``, or :func:`stacsr.plumbing.storage.open_fs`'s: from the environment).
     """
     storage = os.fspath(storage)
     if "://" not in storage:
         path = os.path.abspath(storage)
         return path, path, filesystem
-    scheme, rest = storage.split("://", 1)
-    if filesystem is None:
-        if scheme != "s3":
-            raise ValueError(f"storage {storage}: only local paths and s3:// are supported")
-        filesystem = s3_filesystem_from_env()
-    return storage.rstrip("/"), rest.rstrip("/"), filesystem
+    if filesystem is None and not storage.startswith("s3://"):
+        raise ValueError(f"storage {storage}: only local paths and s3:// are supported")
+    filesystem, path = open_fs(storage, filesystem)
+    return storage.rstrip("/"), path, filesystem
 
 
 def _load_config(config: TrainConfig | str | os.PathLike | None) -> TrainConfig:
@@ -60,14 +58,20 @@ def _load_config(config: TrainConfig | str | os.PathLike | None) -> TrainConfig:
 
 def check_init_package(package: M.ModelPackage, config: TrainConfig, bands: list[str]) -> None:
     """Refuse a package whose generator or bands differ from the configuration's and the manifest's."""
-    theirs, ours = package.card.config.network(), config.generator.network()
+    theirs, ours = package.card.config.architecture(), config.generator.architecture()
     if theirs != ours:
-        diff = ", ".join(f"{k}: package {theirs[k]} vs config {ours.get(k)}" for k in theirs if theirs[k] != ours.get(k))
-        raise ValueError(f"--init-from package {package.card.name} has another architecture than the configured "
-                         f"generator ({diff}): set `generator:` in the config to the package's architecture")  # fmt: skip
+        diff = ", ".join(
+            f"{k}: package {theirs[k]} vs config {ours.get(k)}" for k in theirs if theirs[k] != ours.get(k)
+        )
+        raise ValueError(
+            f"--init-from package {package.card.name} has another architecture than the configured "
+            f"generator ({diff}): set `generator:` in the config to the package's architecture"
+        )
     if list(package.card.bands) != list(bands):
-        raise ValueError(f"--init-from package {package.card.name} takes bands {', '.join(package.card.bands)} "
-                         f"but the pairs have {', '.join(bands)}")  # fmt: skip
+        raise ValueError(
+            f"--init-from package {package.card.name} takes bands {', '.join(package.card.bands)} "
+            f"but the pairs have {', '.join(bands)}"
+        )
 
 
 def prepare(
@@ -93,19 +97,25 @@ def prepare(
         raise PairsError(f"the manifest mixes band sets {sorted(bands_sets)}: one run needs one band set")
     bands = list(next(iter(bands_sets)))
     if len(bands) != cfg.generator.bands:
-        raise PairsError(f"band mismatch: the pairs have {len(bands)} bands ({', '.join(bands)}) but the generator "
-                         f"takes {cfg.generator.bands} (generator.bands in the config)")  # fmt: skip
+        raise PairsError(
+            f"band mismatch: the pairs have {len(bands)} bands ({', '.join(bands)}) but the generator "
+            f"takes {cfg.generator.bands} (generator.bands in the config)"
+        )
     scales = set(table.column("scale").to_pylist())
     if scales != {cfg.generator.scale}:
-        raise PairsError(f"the pairs are made for scale {'/'.join(map(str, sorted(scales)))} but the generator's "
-                         f"scale is {cfg.generator.scale}")  # fmt: skip
+        raise PairsError(
+            f"the pairs are made for scale {'/'.join(map(str, sorted(scales)))} but the generator's "
+            f"scale is {cfg.generator.scale}"
+        )
     sizes = set(table.column("size").to_pylist())
     factor = cfg.generator.scale
     if any(s % factor for s in sizes):
         raise PairsError(f"patch size(s) {sorted(sizes)} are not multiples of the scale {factor}")
     if table.num_rows < workers * cfg.batch_size:
-        raise PairsError(f"the manifest has {table.num_rows} pairs, fewer than one batch per worker "
-                         f"({workers} workers × batch_size {cfg.batch_size})")  # fmt: skip
+        raise PairsError(
+            f"the manifest has {table.num_rows} pairs, fewer than one batch per worker "
+            f"({workers} workers × batch_size {cfg.batch_size})"
+        )
     package = None
     if init_from is not None:
         package = M.load(init_from)
@@ -119,8 +129,14 @@ def prepare(
         "init_from": package.ref if package is not None else None,
         "config": cfg.to_dict(),
     }
-    card = ModelCard(name=name, version="0.1.0", bands=bands, common_names=[COMMON_NAMES.get(b, b.lower()) for b in bands],
-                     architecture=cfg.generator.to_dict(), provenance=provenance)  # fmt: skip
+    card = ModelCard(
+        name=name,
+        version="0.1.0",
+        bands=bands,
+        common_names=[COMMON_NAMES.get(b, b.lower()) for b in bands],
+        architecture=cfg.generator.to_dict(),
+        provenance=provenance,
+    )
     return cfg, table, card, package
 
 
@@ -163,9 +179,18 @@ def train(
     preset = preset or PRESETS["planetary-computer"]
     in_loop = degrades_in_loop(cfg, table)
     kind, noise = ("area", 0.0) if in_loop else (cfg.degradation.kind, cfg.degradation.noise_std)
-    ds = pair_dataset(table, preset, kind, noise, sigma=cfg.degradation.sigma, sigma_min=cfg.degradation.sigma_min,
-                      bands=card.bands,
-                      cache_dir=cfg.cache_dir, seed=cfg.seed, shuffle=True).select_columns(["lr", "hr"])  # fmt: skip
+    ds = pair_dataset(
+        table,
+        preset,
+        kind,
+        noise,
+        sigma=cfg.degradation.sigma,
+        sigma_min=cfg.degradation.sigma_min,
+        bands=card.bands,
+        cache_dir=cfg.cache_dir,
+        seed=cfg.seed,
+        shuffle=True,
+    ).select_columns(["lr", "hr"])
     import json
 
     loop_config = {
@@ -182,8 +207,12 @@ def train(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker),
-        run_config=RunConfig(name=name, storage_path=ray_storage, storage_filesystem=filesystem,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),  # fmt: skip
+        run_config=RunConfig(
+            name=name,
+            storage_path=ray_storage,
+            storage_filesystem=filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
         datasets={"train": ds},
     )
     try:

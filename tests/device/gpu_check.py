@@ -142,14 +142,30 @@ def main() -> int:
     @check("checkpoint from CUDA/DDP networks reads back on the CPU, export package equal")
     def _() -> str:
         cfg, nets, _ = trained(20, True)
-        card = P.ModelCard(name="gpu-check", version="0.1.0", bands=["B02", "B03", "B04", "B08"],
-                           common_names=["blue", "green", "red", "nir"], architecture=cfg.generator.to_dict())  # fmt: skip
+        card = P.ModelCard(
+            name="gpu-check",
+            version="0.1.0",
+            bands=["B02", "B03", "B04", "B08"],
+            common_names=["blue", "green", "red", "nir"],
+            architecture=cfg.generator.to_dict(),
+        )
         with tempfile.TemporaryDirectory() as tmp:
-            C.save_checkpoint(tmp, card=card, generator=nets.Gp, generator_ema=nets.ema, discriminator=nets.Dp,
-                              optimizer_g=nets.opt_g, optimizer_d=nets.opt_d, step=20, phase=C.PHASE_GAN)  # fmt: skip
+            C.save_checkpoint(
+                tmp,
+                card=card,
+                generator=nets.Gp,
+                generator_ema=nets.ema,
+                discriminator=nets.Dp,
+                optimizer_g=nets.opt_g,
+                optimizer_d=nets.opt_d,
+                step=20,
+                phase=C.PHASE_GAN,
+            )
             G, E, D = Generator(cfg.generator), Generator(cfg.generator), Discriminator(cfg.discriminator_config)
             og, od = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-            state = C.load_checkpoint(tmp, generator=G, generator_ema=E, discriminator=D, optimizer_g=og, optimizer_d=od)
+            state = C.load_checkpoint(
+                tmp, generator=G, generator_ema=E, discriminator=D, optimizer_g=og, optimizer_d=od
+            )
             assert state.step == 20
             for a, b in zip(E.state_dict().values(), nets.ema.state_dict().values()):
                 assert torch.equal(a, b.cpu()), "EMA weights differ after the round trip"
@@ -169,8 +185,10 @@ def main() -> int:
         tf32 = P.Predictor(pkg, device=DEV.type)(x).astype(np.int64)
         d_exact, d_tf32 = int(np.abs(exact - cpu).max()), int(np.abs(tf32 - cpu).max())
         assert d_exact <= 1, f"fp32 CUDA differs from CPU by {d_exact} DN"
-        return (f"default model, 2×4×96² input: max |CUDA − CPU| {d_exact} DN (fp32), {d_tf32} DN (TF32, "
-                f"mean {np.abs(tf32 - cpu).mean():.3f})")
+        return (
+            f"default model, 2×4×96² input: max |CUDA − CPU| {d_exact} DN (fp32), {d_tf32} DN (TF32, "
+            f"mean {np.abs(tf32 - cpu).mean():.3f})"
+        )
 
     torch.distributed.destroy_process_group()
     failed = sum(not ok for _, ok, _ in RESULTS)

@@ -20,7 +20,10 @@ from stacsr.io.read import read_raster, scenes
 
 BANDS = ["B02", "B03", "B04", "B08"]
 TRAIN = ["openeo_gfmap_temp_256.tif", "worldcereal_00002806639B424A_clear8_timestack.tif"]
-VALIDATION = ["worldcereal_0000280849BAC91C_clear8_timestack.tif", "openeo_gfmap_test_optical_cube_5dates_B02B03B04B08.tif"]
+VALIDATION = [
+    "worldcereal_0000280849BAC91C_clear8_timestack.tif",
+    "openeo_gfmap_test_optical_cube_5dates_B02B03B04B08.tif",
+]
 
 
 def pack(folder: Path, out: Path, urban: list[Path]) -> dict[str, int]:

@@ -111,14 +111,41 @@ VARIANTS: dict[str, Variant] = {
     "zero-3k-b05-s2": Variant({**ZERO, **S2}, (0.5, 2.0), cap=3000),
 }
 SWEEPS = {  # README's tables: which variants ran together, and where
-    "first": ["base-12k", "base-long", "blur05-long", "blur10-long", "mtf-only", "blur05-b64", "wide-long",
-              "wide-blur05"],  # H100, --minutes 7
-    "second": ["base-12k", "base-s1", "urban1", "urban1-s1", "urban2", "urban2-s1", "urban1-st8", "urban1-st8-s1",
-               "half-scale", "urban1-16k"],  # H100, --minutes 8
+    "first": [
+        "base-12k",
+        "base-long",
+        "blur05-long",
+        "blur10-long",
+        "mtf-only",
+        "blur05-b64",
+        "wide-long",
+        "wide-blur05",
+    ],  # H100, --minutes 7
+    "second": [
+        "base-12k",
+        "base-s1",
+        "urban1",
+        "urban1-s1",
+        "urban2",
+        "urban2-s1",
+        "urban1-st8",
+        "urban1-st8-s1",
+        "half-scale",
+        "urban1-16k",
+    ],  # H100, --minutes 8
     "third": ["base-12k", "base-s1", "half-scale", "half-scale-s1", "l2", "l2-s1", "lr25", "lr25-s1"],  # H100, 5.6
-    "fourth": ["zero-2k", "zero-2k-s1", "zero-3k", "zero-3k-s1", "zero-4k", "zero-4k-s1", "zero-3k-b05",
-               "zero-3k-b05-s1", "zero-3k-b05-s2"],  # 2-core CPU, two or three at a time, no time limit
-}  # fmt: skip
+    "fourth": [
+        "zero-2k",
+        "zero-2k-s1",
+        "zero-3k",
+        "zero-3k-s1",
+        "zero-4k",
+        "zero-4k-s1",
+        "zero-3k-b05",
+        "zero-3k-b05-s1",
+        "zero-3k-b05-s2",
+    ],  # 2-core CPU, two or three at a time, no time limit
+}
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -137,13 +164,18 @@ class Windows:
     def __init__(self, scenes: list[np.ndarray], device: torch.device, strides: list[int] | None = None) -> None:
         self.images = [torch.from_numpy(s.astype(np.float32)).to(device) for s in scenes]
         strides = strides or [STRIDE] * len(scenes)
-        self.index = [(i, r, c) for i, (s, st) in enumerate(zip(scenes, strides))
-                      for r in range(0, s.shape[1] - PATCH + 1, st)
-                      for c in range(0, s.shape[2] - PATCH + 1, st)]  # fmt: skip
+        self.index = [
+            (i, r, c)
+            for i, (s, st) in enumerate(zip(scenes, strides))
+            for r in range(0, s.shape[1] - PATCH + 1, st)
+            for c in range(0, s.shape[2] - PATCH + 1, st)
+        ]
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         picks = torch.randint(len(self.index), (n,), generator=gen).tolist()
-        return torch.stack([self.images[i][:, r : r + PATCH, c : c + PATCH] for i, r, c in (self.index[p] for p in picks)])
+        return torch.stack(
+            [self.images[i][:, r : r + PATCH, c : c + PATCH] for i, r, c in (self.index[p] for p in picks)]
+        )
 
 
 def half_scale(scene: np.ndarray) -> np.ndarray:
@@ -162,7 +194,9 @@ def training_windows(files: dict[str, np.ndarray], v: Variant, device: torch.dev
     return Windows(scenes, device, strides)
 
 
-def make_pairs(hr: torch.Tensor, sigma_range: tuple[float, float], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def make_pairs(
+    hr: torch.Tensor, sigma_range: tuple[float, float], gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`stacsr.train.degrade.mixed_batch` with σ uniform in ``sigma_range`` (``degradation.sigma_min`` to
     4/3 × ``sigma`` in ``stacsr train``). Its own draw, older than ``sigma_min``: the sweeps' figures reproduce."""
     lo, hi = sigma_range
@@ -200,8 +234,13 @@ def evaluate(g: Generator, scenes: list[np.ndarray], device: torch.device) -> di
             summary = {}
             for method in ("model", "bicubic"):
                 v = np.array([r[method] for r in rows])
-                summary.update({f"{method}_psnr": v[:, 0].mean(), f"{method}_sam": v[:, 1].mean(),
-                                f"{method}_consistency": v[:, 2].mean()})  # fmt: skip
+                summary.update(
+                    {
+                        f"{method}_psnr": v[:, 0].mean(),
+                        f"{method}_sam": v[:, 1].mean(),
+                        f"{method}_consistency": v[:, 2].mean(),
+                    }
+                )
             summary["delta_psnr"] = summary["model_psnr"] - summary["bicubic_psnr"]
             out[kind] = {k: round(float(v), 6) for k, v in summary.items()}
     finally:
@@ -225,7 +264,7 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
     val = [files[k] for k in sorted(files) if k.startswith("val/")]
     windows = training_windows(files, v, device)
 
-    nets, O = build_nets(cfg, device), cfg.optimiser
+    nets, opt = build_nets(cfg, device), cfg.optimiser
     weights, levels, norm = cfg.losses.weights(), cfg.generator.n_upsample + 1, cfg.generator.norm_scale
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -234,8 +273,10 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
     while step < steps:
         lr, hr = make_pairs(windows.sample(cfg.batch_size, gen), sigma_range, gen)
         lr, hr = augment(lr, hr, cfg.augment.dihedral, cfg.augment.gain)
-        set_learning_rates(nets, O, step, steps)
-        metrics = train_step(nets, lr, hr, weights, None, levels, norm, False, nullcontext(), cfg.ema, cfg.losses.border)
+        set_learning_rates(nets, opt, step, steps)
+        metrics = train_step(
+            nets, lr, hr, weights, None, levels, norm, False, nullcontext(), cfg.ema, cfg.losses.border
+        )
         step += 1
         if not calibrated and step == 300:
             if device.type == "cuda":
@@ -246,24 +287,58 @@ def run_variant(name: str, data: str, work: str, seconds: float, eval_every: int
             print(f"{name}: {rate:.0f} steps/s → {steps} steps", flush=True)
         if step % eval_every == 0 or step == steps:
             curve.append({"step": step, "l1": float(metrics["content"].detach()), **evaluate(nets.ema, val, device)})
-            print(f"{name} {step}: mtf {curve[-1]['mtf']['delta_psnr']:+.3f} area {curve[-1]['area']['delta_psnr']:+.3f}", flush=True)
+            print(
+                f"{name} {step}: mtf {curve[-1]['mtf']['delta_psnr']:+.3f} area {curve[-1]['area']['delta_psnr']:+.3f}",
+                flush=True,
+            )
 
     cfg = dataclasses.replace(cfg, steps=steps, pretrain_steps=steps)
-    card = ModelCard(name=f"default-gpu-{name}", version="0.1.0", bands=BANDS, common_names=["blue", "green", "red", "nir"],
-                     architecture=cfg.generator.to_dict(),
-                     provenance={"trained": True, "pairs": "jobs/default-model/README.md", "pairs_count": len(windows.index),
-                                 "run": f"gpu-sweep/{name}", "init_from": None, "config": cfg.to_dict(),
-                                 "sweep": {"sigma_range": list(sigma_range), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                                           "torch": torch.__version__, "seconds": round(time.monotonic() - t0)}})  # fmt: skip
+    card = ModelCard(
+        name=f"default-gpu-{name}",
+        version="0.1.0",
+        bands=BANDS,
+        common_names=["blue", "green", "red", "nir"],
+        architecture=cfg.generator.to_dict(),
+        provenance={
+            "trained": True,
+            "pairs": "jobs/default-model/README.md",
+            "pairs_count": len(windows.index),
+            "run": f"gpu-sweep/{name}",
+            "init_from": None,
+            "config": cfg.to_dict(),
+            "sweep": {
+                "sigma_range": list(sigma_range),
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "seconds": round(time.monotonic() - t0),
+            },
+        },
+    )
     folder = Path(work) / name
-    C.save_checkpoint(folder, card=card, generator=nets.G, generator_ema=nets.ema, discriminator=nets.D,
-                      optimizer_g=nets.opt_g, optimizer_d=nets.opt_d, step=steps, phase=C.PHASE_PRETRAIN,
-                      extra={"config": cfg.to_dict()})  # fmt: skip
+    C.save_checkpoint(
+        folder,
+        card=card,
+        generator=nets.G,
+        generator_ema=nets.ema,
+        discriminator=nets.D,
+        optimizer_g=nets.opt_g,
+        optimizer_d=nets.opt_d,
+        step=steps,
+        phase=C.PHASE_PRETRAIN,
+        extra={"config": cfg.to_dict()},
+    )
     for f in folder.iterdir():  # export needs the card, the EMA weights and the state (8 runs fit in 16 MB)
         if f.name not in (C.CARD, C.GENERATOR_EMA, C.STATE):
             f.unlink()
-    return {"name": name, "steps": steps, "variant": dataclasses.asdict(v), "windows": len(windows.index), "curve": curve,
-            "final": curve[-1], "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+    return {
+        "name": name,
+        "steps": steps,
+        "variant": dataclasses.asdict(v),
+        "windows": len(windows.index),
+        "curve": curve,
+        "final": curve[-1],
+        "seconds": round(time.monotonic() - t0, 1),
+    }
 
 
 def main() -> None:
@@ -289,8 +364,15 @@ def main() -> None:
                 results.append(j.get())
             except Exception as e:  # one failing variant does not lose the others
                 print(f"{n} failed: {type(e).__name__}: {e}", flush=True)
-    summary = [{"name": r["name"], "steps": r["steps"], "mtf": r["final"]["mtf"]["delta_psnr"],
-                "area": r["final"]["area"]["delta_psnr"]} for r in results]  # fmt: skip
+    summary = [
+        {
+            "name": r["name"],
+            "steps": r["steps"],
+            "mtf": r["final"]["mtf"]["delta_psnr"],
+            "area": r["final"]["area"]["delta_psnr"],
+        }
+        for r in results
+    ]
     with tarfile.open(Path(a.out) / "checkpoints.tar", "w") as tar:
         tar.add(work, arcname="checkpoints")
     (Path(a.out) / "results.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1))

@@ -1,10 +1,11 @@
-"""Keeping secrets out of everything stacsr writes or prints: one place for it.
+"""Error lines and keeping secrets out of everything stacsr writes or prints: one place for both.
 
 Signed URLs carry their token in the query string (Planetary Computer SAS ``st=…&se=…&sig=…``, S3 presigned
 ``X-Amz-…``); credentials can hide in ``user:password@``. :func:`redact` cleans one href, :func:`scrub` any
-text (error lines, log messages), :func:`looks_secret` spots what must be refused (a job spec holding a
-key), and :func:`install_log_scrubbing` applies :func:`scrub` to every log record of the process, at every
-level (rasterio names datasets and GDAL's ``CPL_DEBUG`` names URLs at DEBUG). ``import stacsr`` installs it.
+text (error lines, log messages), :func:`first_line` makes the one-line error a user sees, :func:`looks_secret`
+spots what must be refused (a job spec holding a key), and :func:`install_log_scrubbing` applies :func:`scrub`
+to every log record of the process, at every level (rasterio names datasets and GDAL's ``CPL_DEBUG`` names
+URLs at DEBUG). ``import stacsr`` installs it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 _QUERY = re.compile(r"\?[^\s'\"]*?(?=:?(?:[\s'\"]|$))")
 _USERINFO = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
-_SECRET = re.compile(r"sig=|sv=|se=|token=|X-Amz-|Signature=|Credential=|AKIA[0-9A-Z]{12,}|://[^/\s:@]+:[^/\s@]+@"
-                     r"|\b(?:Bearer|Basic)\s", re.IGNORECASE)  # fmt: skip
+_SECRET = re.compile(
+    r"sig=|sv=|se=|token=|X-Amz-|Signature=|Credential=|AKIA[0-9A-Z]{12,}|://[^/\s:@]+:[^/\s@]+@"
+    r"|\b(?:Bearer|Basic)\s",
+    re.IGNORECASE,
+)
 _installed = False
 
 
@@ -34,6 +38,12 @@ def redact(href: str) -> str:
 def scrub(text: str) -> str:
     """``text`` with every URL query string, ``user:password@`` and ``Bearer``/``Basic`` credential removed."""
     return _BEARER.sub(lambda m: f"{m[1]} ***", _USERINFO.sub("://", _QUERY.sub("", text)))
+
+
+def first_line(e: BaseException) -> str:
+    """First line of an error message, with every URL query string (tokens, signatures) removed."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return " ".join(redact(w) if "://" in w else w for w in scrub(text).split())
 
 
 def looks_secret(text: str) -> bool:

@@ -1,0 +1,5 @@
+"""``python -m stacsr.cli``: the command line."""
+
+from stacsr.cli import app
+
+app()

@@ -1,0 +1,147 @@
+"""What every command shares: the typer app, consoles, common options, progress bars, one-line errors,
+the engine a command runs on."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from enum import Enum
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Super-resolution of Sentinel-2 L2A (10 m → 2.5 m) from STAC catalogues to COGs and STAC items.",
+)
+console = Console(stderr=True)
+out = Console()
+
+# Options shared by several commands.
+CatalogOpt = typer.Option(
+    "planetary-computer", "--catalog", help="planetary-computer, earth-search, or a STAC API URL."
+)
+CollectionOpt = typer.Option(None, "--collection", help="Collection id (default: the preset's sentinel-2-l2a).")
+BandsOpt = typer.Option(None, "--bands", help="Band → asset key mapping for custom catalogues: B02=blue,B03=green,…")
+StacUrlOpt = typer.Option(None, "--stac-url", help="Override the preset's STAC API root (a mirror, a local pgstac).")
+BBoxOpt = typer.Option(..., "--bbox", help="Area of interest: west south east north (lon/lat).")
+DatetimeOpt = typer.Option(None, "--datetime", help="Date or interval, e.g. 2024-06-01/2024-08-31.")
+CloudOpt = typer.Option(None, "--max-cloud", help="Maximum scene cloud cover, percent.")
+ModelOpt = typer.Option("default", "--model", help="Model package folder, or 'default' (the one shipped).")
+TileOpt = typer.Option(256, "--tile-size", min=16, max=4096, help="Input pixels per tile side (the halo comes on top).")
+NoRayOpt = typer.Option(False, "--no-ray", help="Run the model in this process (debugging).")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default: start a local Ray).")
+ActorsOpt = typer.Option(None, "--actors", min=1, help="Model actors (default: one per CPU, or per GPU).")
+GpusOpt = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="GPUs per model actor (0 = CPU).")
+CompressOpt = typer.Option("deflate", "--compress", help="COG compression.")
+
+
+class Compression(str, Enum):
+    deflate = "deflate"
+    zstd = "zstd"
+
+
+class RichProgress:
+    """Renders pipeline progress events as a rich progress bar over tiles."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.task = bar, None
+
+    def item(self, item_id: str, tiles: int) -> None:
+        self.task = self.bar.add_task(item_id, total=tiles)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.advance(self.task, n)
+
+
+@contextmanager
+def progress_bar() -> Iterator[RichProgress]:
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as bar:
+        try:
+            yield RichProgress(bar)
+        except BaseException:  # a failure is one line: the bar is not left above it
+            for task in list(bar.task_ids):
+                bar.remove_task(task)
+            raise
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn every expected failure into one line on stderr and exit code 1."""
+    from pystac_client.exceptions import APIError
+
+    from stacsr.catalog.publish import PublishError
+    from stacsr.io.read import ReadError
+    from stacsr.plumbing.redaction import first_line
+    from stacsr.plumbing.storage import StoreError
+
+    try:
+        yield
+    except (ValueError, ReadError, APIError, OSError, StoreError, PublishError) as e:
+        fail(first_line(e))
+
+
+def preset_from(catalog: str, collection: Optional[str], bands: Optional[str], stac_url: Optional[str]):
+    from stacsr.catalog.presets import resolve
+
+    return resolve(catalog, collection, bands, stac_url)
+
+
+@contextmanager
+def engine_for(package, no_ray: bool, address: Optional[str], actors: Optional[int], gpus: float):
+    """The engine for a command, closed (Ray actors released) when the command ends."""
+    from stacsr.pipeline import make_engine
+
+    engine = make_engine(package, use_ray=not no_ray, address=address, actors=actors, gpus_per_actor=gpus)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def find_items(preset, bbox, datetime, max_cloud, limit, best_per_tile: bool) -> list[dict]:
+    from stacsr.catalog import search as catalog_search
+
+    items = catalog_search.search(preset, bbox, datetime, max_cloud, limit=limit)
+    return catalog_search.best_per_tile(items, preset) if best_per_tile else items
+
+
+def print_summary(report, what: str, engine) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row(what, str(len(report.items)))
+    table.add_row("engine", str(engine))
+    if report.skipped:
+        table.add_row("skipped (all nodata)", ", ".join(report.skipped))
+    table.add_row("area", f"{report.km2:.2f} km²")
+    table.add_row("time", f"{report.seconds:.1f} s")
+    table.add_row("output pixels/s", f"{report.pixels_per_second:,.0f}")
+    if report.catalog:
+        table.add_row("catalogue", str(report.catalog))
+    console.print(table)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, help="Print the stacsr version and exit."),
+) -> None:
+    """Super-resolution of Sentinel-2 L2A (10 m → 2.5 m) from STAC catalogues to COGs and STAC items."""
+    if version:
+        from stacsr import __version__
+
+        out.print(f"stacsr {__version__}")
+        raise typer.Exit()

@@ -1,0 +1,183 @@
+"""Commands on imagery: search, enhance, batch, sr, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from stacsr.cli.common import (
+    ActorsOpt,
+    AddressOpt,
+    BandsOpt,
+    BBoxOpt,
+    CatalogOpt,
+    CloudOpt,
+    CollectionOpt,
+    Compression,
+    CompressOpt,
+    DatetimeOpt,
+    GpusOpt,
+    ModelOpt,
+    NoRayOpt,
+    StacUrlOpt,
+    TileOpt,
+    app,
+    console,
+    engine_for,
+    errors,
+    fail,
+    find_items,
+    out,
+    preset_from,
+    print_summary,
+    progress_bar,
+)
+
+
+@app.command()
+def search(
+    bbox: tuple[float, float, float, float] = BBoxOpt,
+    datetime: Optional[str] = DatetimeOpt,
+    max_cloud: Optional[float] = CloudOpt,
+    catalog: str = CatalogOpt,
+    collection: Optional[str] = CollectionOpt,
+    bands: Optional[str] = BandsOpt,
+    stac_url: Optional[str] = StacUrlOpt,
+    limit: int = typer.Option(50, "--limit", min=1, help="Most items listed."),
+    best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Keep only the least cloudy item per MGRS tile."),
+) -> None:
+    """List the Sentinel-2 L2A items over an area, least cloudy first."""
+    from stacsr.catalog.search import cloud, tile_of
+
+    with errors():
+        preset = preset_from(catalog, collection, bands, stac_url)
+        items = find_items(preset, bbox, datetime, max_cloud, limit, best_per_tile)
+        if not items:
+            fail("no items found for this search (area, dates, cloud cover)")
+        table = Table("id", "datetime", "cloud %", "tile")
+        for item in items:
+            p = item["properties"]
+            table.add_row(item["id"], str(p.get("datetime")), f"{cloud(item):.1f}", tile_of(item, preset))
+        out.print(table)
+
+
+@app.command()
+def enhance(
+    bbox: tuple[float, float, float, float] = BBoxOpt,
+    out_dir: Path = typer.Option(..., "--out", help="Output folder (COGs + STAC)."),
+    datetime: Optional[str] = DatetimeOpt,
+    max_cloud: Optional[float] = CloudOpt,
+    catalog: str = CatalogOpt,
+    collection: Optional[str] = CollectionOpt,
+    bands: Optional[str] = BandsOpt,
+    stac_url: Optional[str] = StacUrlOpt,
+    best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Only the least cloudy item per MGRS tile."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most items processed."),
+    model: str = ModelOpt,
+    tile_size: int = TileOpt,
+    no_ray: bool = NoRayOpt,
+    address: Optional[str] = AddressOpt,
+    actors: Optional[int] = ActorsOpt,
+    gpus_per_actor: float = GpusOpt,
+    compress: Compression = CompressOpt,
+) -> None:
+    """Search, super-resolve the area in every item found, write COGs and a static STAC catalogue."""
+    from stacsr import pipeline
+    from stacsr.model import package as model_package
+
+    with errors():
+        preset = preset_from(catalog, collection, bands, stac_url)
+        items = find_items(preset, bbox, datetime, max_cloud, limit, best_per_tile)
+        package = model_package.load(model)
+        pipeline.plan_jobs(items, preset, package.card.bands, bbox)
+        pipeline.check_writable(out_dir)
+        with engine_for(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
+            report = pipeline.enhance(
+                items, preset, bbox, out_dir, package, engine, tile_size, compress.value, progress
+            )
+        print_summary(report, "items written", engine)
+
+
+@app.command()
+def batch(
+    spec_path: Path = typer.Argument(..., help="Job spec (YAML, see jobs/examples/)."),
+    address: Optional[str] = AddressOpt,
+    no_ray: bool = NoRayOpt,
+) -> None:
+    """Run a batch job: search its areas, skip what is already published, super-resolve and publish the rest.
+
+    Exit code 0 when every item succeeded, 1 otherwise; the run report is written to <output>/_runs/<name>/."""
+    from stacsr.batch import run as batch_run
+    from stacsr.batch import spec as job_spec
+    from stacsr.model import package as model_package
+    from stacsr.pipeline import check_writable
+
+    with errors():
+        spec = job_spec.load(spec_path)
+        preset = preset_from(spec.catalog, spec.collection, spec.bands, spec.stac_url)
+        package = model_package.load(spec.model)
+        if not spec.remote_output:
+            check_writable(spec.output)
+        res = spec.resources
+        with engine_for(package, no_ray, address, res.actors, res.gpus_per_actor) as engine:
+            report = batch_run.run(
+                spec, preset, package, engine, log=lambda m: console.print(m, highlight=False, soft_wrap=True)
+            )
+        d = report.to_dict()
+        table = Table(show_header=False, box=None)
+        for key in ("found", "skipped", "done", "failed", "nodata"):
+            table.add_row(f"items {key}", str(d["items"][key]))
+        table.add_row("engine", str(engine))
+        table.add_row("area", f"{d['km2']:.2f} km²")
+        table.add_row("time", f"{d['seconds']:.1f} s ({d['tiles_per_second']:.2f} tiles/s)")
+        table.add_row("report", batch_run.report_url(spec))
+        console.print(table)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+def sr(
+    src: str = typer.Argument(
+        ..., help="Input GeoTIFF (path or URL): bands in the model's order, reflectance × 10000."
+    ),
+    dst: Path = typer.Argument(..., help="Output COG."),
+    model: str = ModelOpt,
+    tile_size: int = TileOpt,
+    no_ray: bool = NoRayOpt,
+    address: Optional[str] = AddressOpt,
+    actors: Optional[int] = ActorsOpt,
+    gpus_per_actor: float = GpusOpt,
+    compress: Compression = CompressOpt,
+) -> None:
+    """Super-resolve one GeoTIFF, no catalogue: same origin, pixel size ÷ scale, uint16 COG."""
+    from stacsr import pipeline
+    from stacsr.model import package as model_package
+
+    with errors():
+        package = model_package.load(model)
+        with engine_for(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
+            report = pipeline.sr_file(src, dst, package, engine, tile_size, compress.value, progress)
+        print_summary(report, "files written", engine)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo"), "--out", help="Output folder."),
+    model: str = ModelOpt,
+    tile_size: int = TileOpt,
+    no_ray: bool = NoRayOpt,
+) -> None:
+    """Run the whole enhance path offline on embedded sample data; writes side_by_side.png too."""
+    from stacsr import demo as offline_demo
+    from stacsr.model import package as model_package
+
+    with errors():
+        package = model_package.load(model)
+        with engine_for(package, no_ray, None, None, 0) as engine, progress_bar() as progress:
+            report = offline_demo.run(out_dir, package, engine, tile_size, progress)
+        print_summary(report, "items written", engine)
+        console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")
