@@ -72,6 +72,7 @@ def check_model_link(item: dict, read) -> None:
     assert model["properties"]["mlm:name"] == item["properties"]["stacsr:model"]["name"]
     assert model["assets"]["weights"]["file:checksum"] == "1220" + sha
     weights = link["href"].rsplit("/", 1)[0] + "/" + model["assets"]["weights"]["href"].removeprefix("./")
+    assert weights.endswith(".weights.safetensors")
     assert hashlib.sha256(read(weights)).hexdigest() == sha  # the weights beside it are the ones that made the item
 
 

@@ -101,7 +101,7 @@ def _relative_links(item: pystac.Item, root: Path) -> None:
 # ------------------------------------------------------------------ the model, published with its outputs
 
 MODELS = "models"
-MLM_ITEM, MODEL_FILES = "item.json", ("card.json", "weights.safetensors")
+MLM_ITEM, MODEL_FILES = "item.json", {"card.json": "card.json", "weights.safetensors": "weights.safetensors"}
 
 
 def model_item_href(package_folder: str | None, root: str | Path) -> str | None:
@@ -116,22 +116,23 @@ def model_item_href(package_folder: str | None, root: str | Path) -> str | None:
 
 
 def publish_model(package_folder: str | None, root: str | Path) -> str | None:
-    """Publish the model package with the outputs: its MLM item at ``<root>/models/<id>.json``, its card and
-    weights in ``<root>/models/<id>/``, so that the outputs' links to the model resolve and the model that
-    made them can be fetched beside them. Returns the MLM item's href, or None when the package has none.
-    The item's relative asset hrefs are re-rooted; relative links into the package's source tree are dropped."""
+    """Publish the model package with the outputs, flat in ``<root>/models/``: its MLM item ``<id>.json``, its
+    card ``<id>.card.json`` and weights ``<id>.weights.safetensors``, so that the outputs' links to the model
+    resolve and the weights that made them can be fetched beside them (and ``<root>/<collection>/<item>/``
+    stays the only place of item JSON). Returns the MLM item's href, or None when the package has none. The
+    item's asset hrefs are re-pointed at the copies; relative links into the package's source tree are dropped.
+    """
     href = model_item_href(package_folder, root)
     if href is None:
         return None
     folder = Path(package_folder)  # type: ignore[arg-type]
     item = json.loads((folder / MLM_ITEM).read_text())
-    files = storage.join(href.removesuffix(".json"))
-    for name in MODEL_FILES:
-        if (folder / name).is_file():
-            storage.put(folder / name, storage.join(files, name))
+    base = href.removesuffix(".json")
     for asset in item.get("assets", {}).values():
-        if "://" not in asset["href"] and not asset["href"].startswith("/"):
-            asset["href"] = f"./{item['id']}/{asset['href'].removeprefix('./')}"
+        name = asset["href"].removeprefix("./")
+        if name in MODEL_FILES and (folder / name).is_file():
+            storage.put(folder / name, f"{base}.{name}")
+            asset["href"] = f"./{item['id']}.{name}"
     item["links"] = [link for link in item.get("links", []) if "://" in link.get("href", "")]
     storage.write_text(href, json.dumps(item, indent=2) + "\n")  # last: a present item means a whole package
     return href
