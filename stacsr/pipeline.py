@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -90,11 +92,13 @@ def make_engine(
     address: str | None = None,
     actors: int | None = None,
     gpus_per_actor: float = 0,
+    precision: str = "fp32",
 ) -> Engine:
-    """A Ray actor pool (local Ray started when ``address`` is None) or, with ``use_ray=False``, in-process."""
+    """A Ray actor pool (local Ray started when ``address`` is None) or, with ``use_ray=False``, in-process.
+    ``precision``: ``fp32`` (exact), ``fp16`` or ``bf16`` (README, "Half precision")."""
     if not use_ray:
-        return LocalEngine(package)
-    return RayEngine(package, address=address, actors=actors, gpus_per_actor=gpus_per_actor)
+        return LocalEngine(package, precision=precision)
+    return RayEngine(package, address=address, actors=actors, gpus_per_actor=gpus_per_actor, precision=precision)
 
 
 def super_resolve(
@@ -202,6 +206,29 @@ def read_job(job: Job, preset: Preset) -> np.ndarray:
     return item_source(job, preset).read([job.window])[0]
 
 
+def submit_run(
+    source: Source,
+    window: Window,
+    targets: Sequence[CogTarget],
+    package: ModelPackage,
+    engine: Engine,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    compress: str = "deflate",
+    progress: Progress | None = None,
+    label: str = "",
+) -> Future[dict[str, str] | None]:
+    """Super-resolve ``window`` of ``source`` into the COGs ``targets``, tile by tile through the engine's sink;
+    returns once the tiles are done (the COGs are made in the background) a future of ``{url: href}``, or of
+    None when the window holds no valid pixel (nothing is written then)."""
+    check_band_count(source.bands, package)
+    scale = package.card.scale
+    cores = [c.shift(window.row, window.col) for c in tiles.plan(window.shape, tile_size)]
+    grid = zoom_in(crop(source.grid, window), scale)
+    sink = SinkSpec(grid, (window.row, window.col), scale, tuple(targets), compress)
+    (progress or Progress()).item(label, len(cores))
+    return engine.submit(source, cores, package.receptive_radius, sink, progress)
+
+
 def run_item(
     source: Source,
     window: Window,
@@ -213,15 +240,8 @@ def run_item(
     progress: Progress | None = None,
     label: str = "",
 ) -> dict[str, str] | None:
-    """Super-resolve ``window`` of ``source`` into the COGs ``targets``, tile by tile through the engine's sink;
-    returns ``{url: href}``, or None when the window holds no valid pixel (nothing is written then)."""
-    check_band_count(source.bands, package)
-    scale = package.card.scale
-    cores = [c.shift(window.row, window.col) for c in tiles.plan(window.shape, tile_size)]
-    grid = zoom_in(crop(source.grid, window), scale)
-    sink = SinkSpec(grid, (window.row, window.col), scale, tuple(targets), compress)
-    (progress or Progress()).item(label, len(cores))
-    return engine.run(source, cores, package.receptive_radius, sink, progress)
+    """:func:`submit_run`, waiting for the COGs: ``{url: href}``, or None when no pixel was valid."""
+    return submit_run(source, window, targets, package, engine, tile_size, compress, progress, label).result()
 
 
 def band_targets(root: str | Path, collection_id: str, item_id: str, bands: Sequence[str]) -> list[CogTarget]:
@@ -245,7 +265,7 @@ class ItemResult:
     km2: float
 
 
-def process_item(
+def submit_item(
     job: Job,
     preset: Preset,
     root: str | Path,
@@ -257,23 +277,46 @@ def process_item(
     compress: str = "deflate",
     progress: Progress | None = None,
     model: ModelRef | None = None,
-) -> ItemResult:
-    """Super-resolve one item's AOI into one COG per band under ``root`` and build its STAC item (which
-    names ``model``, by default ``model_ref(package, root)``)."""
+) -> Future[ItemResult]:
+    """Super-resolve one item's AOI into one COG per band under ``root``; returns once its tiles are done, with
+    a future of the result and its STAC item (which names ``model``, by default ``model_ref(package, root)``)."""
     targets = band_targets(root, collection_id, item_id, package.card.bands)
     check_outputs_spare_sources(job, targets)
-    hrefs = run_item(
+    hrefs = submit_run(
         item_source(job, preset), job.window, targets, package, engine, tile_size, compress, progress, job.item["id"]
     )
     grid = zoom_in(job.grid, package.card.scale)
-    result = ItemResult(
-        None, len(tiles.plan(job.window.shape, tile_size)), int(np.prod(grid.shape.yx)), area_km2(job.grid)
-    )
-    if hrefs is not None:
-        files = {t.descriptions[0]: hrefs[t.url] for t in targets}
-        model = model or model_ref(package, root)
-        result.item = build_item(job.item, grid, files, model, item_id, source_href=self_href(job.item))
-    return result
+    model = model or model_ref(package, root)
+
+    def result(hrefs: dict[str, str] | None) -> ItemResult:
+        done = ItemResult(
+            None, len(tiles.plan(job.window.shape, tile_size)), int(np.prod(grid.shape.yx)), area_km2(job.grid)
+        )
+        if hrefs is not None:
+            files = {t.descriptions[0]: hrefs[t.url] for t in targets}
+            done.item = build_item(job.item, grid, files, model, item_id, source_href=self_href(job.item))
+        return done
+
+    return then(hrefs, result)
+
+
+def process_item(*args: Any, **kwargs: Any) -> ItemResult:
+    """:func:`submit_item`, waiting for its COGs and item."""
+    return submit_item(*args, **kwargs).result()
+
+
+def then(future: Future, fn: Callable[[Any], Any]) -> Future:
+    """A future of ``fn(future.result())`` (or of its exception)."""
+    chained: Future = Future()
+
+    def done(f: Future) -> None:
+        try:
+            chained.set_result(fn(f.result()))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the chained future
+            chained.set_exception(e)
+
+    future.add_done_callback(done)
+    return chained
 
 
 def enhance(
@@ -289,9 +332,10 @@ def enhance(
 ) -> Report:
     """Super-resolve the AOI of each item and publish the outputs as a static STAC catalogue in ``out``.
 
-    One output per source item, in the order given (least cloudy first from :func:`catalog.search.search`).
-    Each item is published as soon as its COGs are complete, so a failure part-way keeps the items already
-    done (complete and valid) and writes nothing for the failing one. Items whose window is all nodata are
+    One output per source item, in the order given (least cloudy first from :func:`catalog.search.search`);
+    an item's tiles run while the previous item's COGs are made. Each item is published, in order, as soon as
+    its COGs are complete, so a failure part-way keeps the items already done (complete and valid) and
+    writes nothing for the failing one. Items whose window is all nodata are
     skipped; if every item is, nothing is written and an error is raised.
     """
     jobs = plan_jobs(items, preset, package.card.bands, bbox)
@@ -299,20 +343,39 @@ def enhance(
     out = check_writable(out)
     report, start = Report(), time.perf_counter()
     model = model_ref(package, out)
-    for job in jobs:
-        collection_id, item_id = output_names(job.item)
-        done = process_item(
-            job, preset, out, collection_id, item_id, package, engine, tile_size, compress, progress, model
-        )
+    pending: deque[tuple[Job, str, Future[ItemResult]]] = deque()
+
+    def publish_next() -> None:
+        job, collection_id, future = pending.popleft()
+        done = future.result()
         if done.item is None:
             report.skipped.append(job.item["id"])
-            continue
+            return
         if not report.items:
             publish.publish_model(package.folder, out)
         report.catalog = publish.publish_static(out, [done.item], collection_id, model, job.item.get("collection"))
         report.items.append(done.item.id)
         report.km2 += done.km2
         report.output_pixels += done.output_pixels
+
+    try:
+        for job in jobs:  # this item's tiles run while the previous item's COGs are made
+            collection_id, item_id = output_names(job.item)
+            future = submit_item(
+                job, preset, out, collection_id, item_id, package, engine, tile_size, compress, progress, model
+            )
+            pending.append((job, collection_id, future))
+            while len(pending) > 1:
+                publish_next()
+        while pending:
+            publish_next()
+    except BaseException:
+        while pending:  # an item whose tiles were done is still completed and published; then the error
+            try:
+                publish_next()
+            except Exception:  # noqa: BLE001 - the first error is the one reported
+                pass
+        raise
     report.seconds = time.perf_counter() - start
     if not report.items:
         if created:

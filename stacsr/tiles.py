@@ -13,6 +13,7 @@ is nodata) is not run: its output is all nodata. No I/O of its own, no torch, no
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -39,22 +40,48 @@ def _starts(length: int, size: int) -> list[int]:
     return starts
 
 
+@dataclass
+class TileBatch:
+    """Halo'd inputs of a group of same-shape core windows, read from a source, and which of them to run."""
+
+    cores: list[Window]
+    inputs: list[np.ndarray]
+    valid: list[np.ndarray]  # per tile: (rows, cols) bool of its core, no input band 0
+    run: list[int]  # tiles with at least one valid pixel: the only ones the model sees
+
+    @property
+    def stack(self) -> np.ndarray:
+        """``(len(run), bands, h, w)``: the model's input."""
+        return np.stack([self.inputs[i] for i in self.run])
+
+
+def read_tiles(source: Source, cores: Sequence[Window], halo: int) -> TileBatch:
+    """Read the halo'd tiles of ``cores`` (same shape) from ``source``."""
+    inputs = source.read([c.pad(halo) for c in cores])
+    valid = [(x[:, halo : x.shape[1] - halo, halo : x.shape[2] - halo] != 0).all(axis=0) for x in inputs]
+    return TileBatch(list(cores), inputs, valid, [i for i, v in enumerate(valid) if v.any()])
+
+
+def finish_tiles(
+    batch: TileBatch, outputs: np.ndarray | None, halo: int, scale: int
+) -> list[tuple[Window, np.ndarray | None]]:
+    """Each core's output from the model's ``outputs`` (one per ``batch.run``), its halo cut off and nodata (0 in
+    any input band) propagated to its ``scale`` × ``scale`` block; ``None`` for a tile with no valid pixel."""
+    results: list[np.ndarray | None] = [None] * len(batch.cores)
+    m = halo * scale
+    for i, o in zip(batch.run, outputs if outputs is not None else []):
+        core = o[:, m : o.shape[1] - m, m : o.shape[2] - m]
+        core[:, ~np.repeat(np.repeat(batch.valid[i], scale, axis=0), scale, axis=1)] = 0
+        results[i] = core
+    return list(zip(batch.cores, results))
+
+
 def run_tiles(
     fn: BatchFn, source: Source, cores: Sequence[Window], halo: int, scale: int
 ) -> list[tuple[Window, np.ndarray | None]]:
-    """Read the halo'd tiles of ``cores`` (same shape) from ``source`` and return each core's output, nodata
-    (0 in any input band) propagated to its ``scale`` × ``scale`` block; ``None`` for a tile with no valid pixel."""
-    inputs = source.read([c.pad(halo) for c in cores])
-    valid = [(x[:, halo : x.shape[1] - halo, halo : x.shape[2] - halo] != 0).all(axis=0) for x in inputs]
-    run = [i for i, v in enumerate(valid) if v.any()]
-    outputs: list[np.ndarray | None] = [None] * len(cores)
-    if run:
-        m = halo * scale
-        for i, o in zip(run, fn(np.stack([inputs[i] for i in run]))):
-            core = o[:, m : o.shape[1] - m, m : o.shape[2] - m]
-            core[:, ~np.repeat(np.repeat(valid[i], scale, axis=0), scale, axis=1)] = 0
-            outputs[i] = core
-    return list(zip(cores, outputs))
+    """:func:`read_tiles`, the model ``fn`` on the tiles that hold a valid pixel, :func:`finish_tiles`."""
+    batch = read_tiles(source, cores, halo)
+    return finish_tiles(batch, fn(batch.stack) if batch.run else None, halo, scale)
 
 
 def stitch(

@@ -65,6 +65,7 @@ def base_spec(**over) -> dict:
         ({"datetime": "since forever"}, "datetime"),
         ({"max_cloud": "low"}, "key max_cloud must be a number"),
         ({"resources": {"items_in_flight": 0}}, "resources.items_in_flight"),
+        ({"resources": {"precision": "fp8"}}, "resources.precision: fp32, fp16 or bf16, not 'fp8'"),
         ({"output": "s3://b/p"}, "publish.catalog: a static catalogue needs a local output"),
         ({"publish": {"api": "ftp://x"}}, "is not an http(s) URL"),
         ({"stac_url": "https://x/api?sig=abc&se=2030"}, "credential"),

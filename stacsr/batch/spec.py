@@ -56,6 +56,7 @@ class Resources:
     gpus_per_actor: float = 0.0
     tile_size: int = 256
     items_in_flight: int = 2  # items read, super-resolved and written at once: bounds memory
+    precision: str = "fp32"  # the model's arithmetic: fp32 (exact), fp16 or bf16 (README, "Half precision")
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def _check(spec: JobSpec) -> JobSpec:
     need(r.gpus_per_actor >= 0, "resources.gpus_per_actor: must be ≥ 0")
     need(r.tile_size >= 16, "resources.tile_size: must be ≥ 16")
     need(r.items_in_flight >= 1, "resources.items_in_flight: must be ≥ 1")
+    need(r.precision in ("fp32", "fp16", "bf16"), f"resources.precision: fp32, fp16 or bf16, not {r.precision!r}")
     need(spec.compress in ("deflate", "zstd"), f"compress: deflate or zstd, not {spec.compress!r}")
     try:
         resolve_datetime(spec.datetime)

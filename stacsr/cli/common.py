@@ -36,12 +36,21 @@ NoRayOpt = typer.Option(False, "--no-ray", help="Run the model in this process (
 AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default: start a local Ray).")
 ActorsOpt = typer.Option(None, "--actors", min=1, help="Model actors (default: one per CPU, or per GPU).")
 GpusOpt = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="GPUs per model actor (0 = CPU).")
+PrecisionOpt = typer.Option(
+    "fp32", "--precision", help="Model arithmetic: fp32 (exact), fp16 or bf16 (faster; see README, Half precision)."
+)
 CompressOpt = typer.Option("deflate", "--compress", help="COG compression.")
 
 
 class Compression(str, Enum):
     deflate = "deflate"
     zstd = "zstd"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
 
 
 class RichProgress:
@@ -103,11 +112,13 @@ def preset_from(catalog: str, collection: Optional[str], bands: Optional[str], s
 
 
 @contextmanager
-def engine_for(package, no_ray: bool, address: Optional[str], actors: Optional[int], gpus: float):
+def engine_for(
+    package, no_ray: bool, address: Optional[str], actors: Optional[int], gpus: float, precision: str = "fp32"
+):
     """The engine for a command, closed (Ray actors released) when the command ends."""
     from stacsr.pipeline import make_engine
 
-    engine = make_engine(package, use_ray=not no_ray, address=address, actors=actors, gpus_per_actor=gpus)
+    engine = make_engine(package, not no_ray, address, actors, gpus, precision)
     try:
         yield engine
     finally:

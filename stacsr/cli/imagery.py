@@ -22,6 +22,8 @@ from stacsr.cli.common import (
     GpusOpt,
     ModelOpt,
     NoRayOpt,
+    Precision,
+    PrecisionOpt,
     StacUrlOpt,
     TileOpt,
     app,
@@ -83,6 +85,7 @@ def enhance(
     actors: Optional[int] = ActorsOpt,
     gpus_per_actor: float = GpusOpt,
     compress: Compression = CompressOpt,
+    precision: Precision = PrecisionOpt,
 ) -> None:
     """Search, super-resolve the area in every item found, write COGs and a static STAC catalogue."""
     from stacsr import pipeline
@@ -94,7 +97,10 @@ def enhance(
         package = model_package.load(model)
         pipeline.plan_jobs(items, preset, package.card.bands, bbox)
         pipeline.check_writable(out_dir)
-        with engine_for(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
+        with (
+            engine_for(package, no_ray, address, actors, gpus_per_actor, precision.value) as engine,
+            progress_bar() as progress,
+        ):
             report = pipeline.enhance(
                 items, preset, bbox, out_dir, package, engine, tile_size, compress.value, progress
             )
@@ -122,7 +128,7 @@ def batch(
         if not spec.remote_output:
             check_writable(spec.output)
         res = spec.resources
-        with engine_for(package, no_ray, address, res.actors, res.gpus_per_actor) as engine:
+        with engine_for(package, no_ray, address, res.actors, res.gpus_per_actor, res.precision) as engine:
             report = batch_run.run(
                 spec, preset, package, engine, log=lambda m: console.print(m, highlight=False, soft_wrap=True)
             )
@@ -152,6 +158,7 @@ def sr(
     actors: Optional[int] = ActorsOpt,
     gpus_per_actor: float = GpusOpt,
     compress: Compression = CompressOpt,
+    precision: Precision = PrecisionOpt,
 ) -> None:
     """Super-resolve one GeoTIFF, no catalogue: same origin, pixel size ÷ scale, uint16 COG."""
     from stacsr import pipeline
@@ -159,7 +166,10 @@ def sr(
 
     with errors():
         package = model_package.load(model)
-        with engine_for(package, no_ray, address, actors, gpus_per_actor) as engine, progress_bar() as progress:
+        with (
+            engine_for(package, no_ray, address, actors, gpus_per_actor, precision.value) as engine,
+            progress_bar() as progress,
+        ):
             report = pipeline.sr_file(src, dst, package, engine, tile_size, compress.value, progress)
         print_summary(report, "files written", engine)
 

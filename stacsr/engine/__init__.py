@@ -5,7 +5,8 @@ Both offer the same two calls over a :class:`~stacsr.io.source.Source` and core 
 - :meth:`Engine.map` yields ``(window, output)`` as tiles finish, to the caller (small areas held in memory:
   evaluation, the in-memory :func:`stacsr.pipeline.super_resolve`);
 - :meth:`Engine.run` sends every output into a :class:`~stacsr.io.sink.TileSink` and returns what it
-  wrote. In-process the sink is in this process; on Ray it is a writer actor, and outputs go from the tile
+  wrote; :meth:`Engine.submit` does the same but returns as soon as the tiles are done, its COGs made in the
+  background (the next item's tiles overlap this item's compression). In-process the sink is in this process; on Ray it is a writer actor, and outputs go from the tile
   actors to it directly: the caller handles references only, never pixels.
 
 Workers read their own windows from the source, so nothing the size of the area crosses a process boundary.
@@ -13,6 +14,7 @@ Workers read their own windows from the source, so nothing the size of the area 
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
@@ -37,6 +39,12 @@ class Engine(Protocol):
         self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress: Progress | None = None
     ) -> dict[str, str] | None:
         """Super-resolve every core into the COGs of ``sink``; ``{url: href}``, or None if no pixel was valid."""
+        ...
+
+    def submit(
+        self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress: Progress | None = None
+    ) -> Future[dict[str, str] | None]:
+        """:meth:`run`, returning once the tiles are computed (or at once); the future holds its result."""
         ...
 
     def close(self) -> None: ...

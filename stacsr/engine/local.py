@@ -1,21 +1,42 @@
-"""In-process engine: the model runs in this process (``--no-ray``, tests, debugging)."""
+"""In-process engine: the model runs in this process (``--no-ray``, one GPU node, tests).
+
+One item streams through three threads so that none waits on another: a reader reads the next batches of
+tiles while the model runs on this one, and a writer puts finished tiles into the item's sink; the model's
+device is never idle while tiles are read or written. The item's COGs are then made (compression and
+overviews on all cores) by a finisher thread, while the caller goes on to the next item: :meth:`submit`.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator, Sequence
 
 from stacsr import tiles
 from stacsr.io.grid import Window
 from stacsr.io.sink import SinkSpec, TileSink
 from stacsr.io.source import Source
 from stacsr.model.package import ModelPackage, Predictor
+from stacsr.plumbing.timing import Timings, timed
+
+READ_AHEAD = 2  # batches read before the model needs them
+WRITES_PENDING = 2  # model outputs waiting for the writer; the model waits beyond that (bounded memory)
 
 
 class LocalEngine:
-    def __init__(self, package: ModelPackage, batch: int = 1, device: str | None = None) -> None:
-        self.predict = Predictor(package, device=device)
+    def __init__(
+        self,
+        package: ModelPackage,
+        batch: int = 1,
+        device: str | None = None,
+        precision: str = "fp32",
+        timings: Timings | None = None,
+    ) -> None:
+        self.predict = Predictor(package, device=device, precision=precision, timings=timings)
         self.scale = package.card.scale
         self.batch = batch
+        self.timings = timings
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="stacsr-cog")
 
     def map(self, source: Source, cores: Sequence[Window], halo: int) -> Iterator[tuple[Window, object]]:
         for group in tiles.batches(cores, self.batch):
@@ -24,23 +45,59 @@ class LocalEngine:
     def run(
         self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None
     ) -> dict[str, str] | None:
-        return write_all(self.map(source, cores, halo), sink, progress)
+        return self.submit(source, cores, halo, sink, progress).result()
+
+    def submit(
+        self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None
+    ) -> Future[dict[str, str] | None]:
+        """Run every tile into ``sink`` now (in this thread, the reader and the writer), then make its COGs in
+        the background; the future holds ``{url: href}`` (None when no pixel was valid)."""
+        opened = TileSink(sink).open()
+        try:
+            self._stream(source, cores, halo, opened, progress)
+        except BaseException:
+            opened.abort()
+            raise
+        return self._finisher.submit(self._finish, opened)
+
+    def _stream(self, source: Source, cores: Sequence[Window], halo: int, sink: TileSink, progress) -> None:
+        groups = deque(tiles.batches(cores, self.batch))
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="stacsr-read") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="stacsr-write") as writer,
+        ):
+            reads = deque(
+                reader.submit(self._read, source, groups.popleft(), halo) for _ in range(min(READ_AHEAD, len(groups)))
+            )
+            writes: deque[Future] = deque()
+            while reads:
+                batch = reads.popleft().result()
+                if groups:
+                    reads.append(reader.submit(self._read, source, groups.popleft(), halo))
+                output = self.predict.launch(batch.stack) if batch.run else None
+                writes.append(writer.submit(self._write, sink, batch, output, halo, progress))
+                while len(writes) > WRITES_PENDING:
+                    writes.popleft().result()
+            for done in writes:
+                done.result()
+
+    def _read(self, source: Source, cores: list[Window], halo: int) -> tiles.TileBatch:
+        with timed(self.timings, "read"):
+            return tiles.read_tiles(source, cores, halo)
+
+    def _write(self, sink: TileSink, batch: tiles.TileBatch, output, halo: int, progress) -> None:
+        results = tiles.finish_tiles(batch, output() if output is not None else None, halo, self.scale)
+        with timed(self.timings, "write"):
+            sink.write(results)
+        if progress is not None:
+            progress.advance(len(results))
+
+    def _finish(self, sink: TileSink) -> dict[str, str] | None:
+        with timed(self.timings, "cog"):
+            return sink.finish()
 
     def __str__(self) -> str:
         return "in-process"
 
     def close(self) -> None:
-        pass
-
-
-def write_all(results: Iterable[tuple[Window, object]], spec: SinkSpec, progress=None) -> dict[str, str] | None:
-    """Every result into a sink in this process, then its COGs (nothing is left behind if anything fails)."""
-    sink = TileSink(spec).open()
-    try:
-        for result in results:
-            sink.write([result])  # type: ignore[list-item]
-            if progress is not None:
-                progress.advance()
-        return sink.finish()
-    finally:
-        sink.abort()
+        self._finisher.shutdown(wait=True)

@@ -22,6 +22,7 @@ import os
 import threading
 import uuid
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 from stacsr import tiles
@@ -62,8 +63,8 @@ class _TileWorker:
     constructor, so a restarted actor can always rebuild it.
     """
 
-    def __init__(self, threads: int, use_gpu: bool) -> None:
-        self.threads, self.device = threads, "cuda" if use_gpu else "cpu"
+    def __init__(self, threads: int, use_gpu: bool, precision: str = "fp32") -> None:
+        self.threads, self.device, self.precision = threads, "cuda" if use_gpu else "cpu", precision
         self.predict: Any = None
         self.tiles = 0
 
@@ -77,7 +78,8 @@ class _TileWorker:
         if self.predict is None:
             from stacsr.model.package import Predictor, from_bytes
 
-            self.predict = Predictor(from_bytes(*model), device=self.device, threads=self.threads)
+            package = from_bytes(*model)
+            self.predict = Predictor(package, device=self.device, threads=self.threads, precision=self.precision)
         self.tiles += len(cores)
         return tiles.run_tiles(self.predict, source, cores, halo, self.predict.scale)
 
@@ -132,6 +134,7 @@ class RayEngine:
         in_flight: int = 2,
         pending_writes: int = 4,
         items_at_once: int = 8,
+        precision: str = "fp32",
     ) -> None:
         import ray
 
@@ -148,11 +151,12 @@ class RayEngine:
             scheduling_strategy="SPREAD",
         )
         self._model_ref = ray.put(package.to_bytes())
-        self._actors = [worker.remote(cpus_per_actor, gpus_per_actor > 0) for _ in range(actors)]
+        self._actors = [worker.remote(cpus_per_actor, gpus_per_actor > 0, precision) for _ in range(actors)]
         self._writer_actor: Any = None
         self._lock = threading.Lock()
         self.size, self.batch, self.in_flight = actors, batch, in_flight
         self.pending_writes, self.items_at_once = pending_writes, items_at_once
+        self._items = ThreadPoolExecutor(2, thread_name_prefix="stacsr-item")  # one item's COGs, the next's tiles
 
     def __str__(self) -> str:
         return f"Ray, {self.size} actors"
@@ -230,8 +234,16 @@ class RayEngine:
         finally:
             writer.abort.remote(key)
 
+    def submit(
+        self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None
+    ) -> Future[dict[str, str] | None]:
+        """:meth:`run` in a driver thread (two items at once: one's COGs, the next one's tiles)."""
+        return self._items.submit(self.run, source, cores, halo, sink, progress)
+
     def close(self) -> None:
         import ray
+
+        self._items.shutdown(wait=True)
 
         for actor in [*self._actors, *([self._writer_actor] if self._writer_actor else [])]:
             ray.kill(actor)

@@ -152,10 +152,19 @@ class Generator(nn.Module):
             y = y + F.interpolate(x - F.avg_pool2d(y, factor), scale_factor=factor, mode="nearest")
         return y * self.config.norm_scale
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Super-resolve ``x`` (input units, e.g. reflectance × 10000) into the same units."""
+    def forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Super-resolve ``x`` (input units, e.g. reflectance × 10000) into the same units.
+
+        With ``dtype`` (``torch.bfloat16`` or ``torch.float16``) the network runs in that precision under
+        autocast; its residual base and the consistency shift stay in float32, so block means are as exact as
+        in float32 and only the detail the network adds is rounded (README, "Half precision").
+        """
         x = x / self.config.norm_scale
-        return self._output(self.tail(self.upsample(self._features(x))), x, self.config.scale)
+        if dtype is None:  # no autocast context of ours: an outer one (training in bf16) stays in force
+            return self._output(self.tail(self.upsample(self._features(x))), x, self.config.scale)
+        with torch.autocast(x.device.type, dtype=dtype):
+            y = self.tail(self.upsample(self._features(x)))
+        return self._output(y.float(), x, self.config.scale)
 
     def forward_pyramid(self, x: Tensor) -> list[Tensor]:
         """Outputs at every scale, coarse to fine: ``[y×1, y×2, …, y×scale]``, in input units.

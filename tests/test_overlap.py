@@ -1,0 +1,129 @@
+"""The GPU path's pieces that run on a CPU: half precision and the overlap of reads, model, writes and COGs.
+
+- ``fp16``/``bf16`` run the network in half precision; the residual base and the consistency shift stay in
+  float32, so every 4 × 4 block still averages to its input within 1 DN, and the deviation from ``fp32`` is
+  bounded by the figures README gives (measured here on the demo's landscape).
+- The in-process engine reads ahead and writes behind the model: its files equal the plain tile-by-tile
+  pass's. ``enhance`` runs an item's tiles while the previous item's COGs are being made: a test that
+  blocks the first item's COG building until the second item's tiles have started fails if it does not.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+
+from stacsr import demo, pipeline, tiles
+from stacsr.engine import LocalEngine
+from stacsr.io.sink import TileSink
+from stacsr.model.package import ModelError, Predictor, load
+from stacsr.plumbing.timing import Timings
+from tests.test_consistency import block_mean, demo_ground, step_edges
+
+SCALE = 4
+
+
+@pytest.fixture(scope="module")
+def package():
+    return load("default")
+
+
+@pytest.fixture(scope="module")
+def fp32(package):
+    image = demo_ground()
+    return image, tiles.super_resolve(image, Predictor(package), 48, package.receptive_radius, SCALE)
+
+
+@pytest.mark.parametrize(("precision", "mean_dn", "max_dn"), [("fp16", 0.5, 16), ("bf16", 3.0, 128)])
+def test_half_precision_deviation_is_bounded_and_blocks_stay_consistent(package, fp32, precision, mean_dn, max_dn):
+    image, reference = fp32
+    half = tiles.super_resolve(image, Predictor(package, precision=precision), 48, package.receptive_radius, SCALE)
+    deviation = np.abs(half.astype(np.int32) - reference.astype(np.int32))
+    assert 0 < deviation.mean() <= mean_dn and deviation.max() <= max_dn, (deviation.mean(), deviation.max())
+    assert np.abs(block_mean(half.astype(np.float64)) - image).max() <= 1.0
+    edges = step_edges()
+    out = tiles.super_resolve(edges, Predictor(package, precision=precision), 32, package.receptive_radius, SCALE)
+    assert np.abs(block_mean(out.astype(np.float64)) - edges).max() <= 1.0
+
+
+def test_unknown_precision_is_refused(package):
+    with pytest.raises(ModelError, match="precision must be one of fp32, bf16, fp16"):
+        Predictor(package, precision="fp8")
+
+
+def test_pipelined_engine_writes_what_the_plain_pass_computes(package, tmp_path):
+    image = np.rint(demo.block_mean(demo.ground(seed=4), SCALE)).astype(np.uint16)[:, :200, :150]
+    image[:, :40, :30] = 0  # tiles with no valid pixel are skipped and stay nodata
+    src = tmp_path / "in.tif"
+    profile = dict(
+        driver="GTiff",
+        width=150,
+        height=200,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        nodata=0,
+        transform=rasterio.Affine(10, 0, 600000, 0, -10, 5300000),
+    )
+    with rasterio.open(src, "w", **profile) as dst:
+        dst.write(image)
+    timings = Timings()
+    engine = LocalEngine(package, batch=2, timings=timings)
+    pipeline.sr_file(str(src), tmp_path / "out.tif", package, engine, tile_size=32)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        written = out.read()
+    expected = tiles.super_resolve(image, Predictor(package), 32, package.receptive_radius, SCALE)
+    assert np.array_equal(written, expected)
+    assert set(timings.seconds) == {"read", "transfer", "model", "write", "cog"}
+
+
+def test_enhance_runs_the_next_items_tiles_while_the_previous_items_cogs_are_made(package, tmp_path, monkeypatch):
+    opened, second_started = [], threading.Event()
+    open_, finish = TileSink.open, TileSink.finish
+
+    def open_and_count(self):
+        opened.append(self)
+        if len(opened) == 2:
+            second_started.set()
+        return open_(self)
+
+    def finish_after_the_next_item_started(self, upload=True):
+        if self is opened[0]:
+            assert second_started.wait(60), "the second item's tiles did not start while the first one's COGs waited"
+        return finish(self, upload)
+
+    monkeypatch.setattr(TileSink, "open", open_and_count)
+    monkeypatch.setattr(TileSink, "finish", finish_after_the_next_item_started)
+    items = demo.build_catalog(tmp_path / "source")
+    report = pipeline.enhance(items, demo.demo_preset(), demo.BBOX, tmp_path / "out", package, LocalEngine(package), 64)
+    assert len(report.items) == len(items) and second_started.is_set()
+
+
+def test_cli_precision_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from stacsr.cli import app
+
+    image = np.rint(demo.block_mean(demo.ground(seed=4), SCALE)).astype(np.uint16)[:, :64, :64]
+    src = tmp_path / "in.tif"
+    profile = dict(
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        nodata=0,
+        transform=rasterio.Affine(10, 0, 600000, 0, -10, 5300000),
+    )
+    with rasterio.open(src, "w", **profile) as dst:
+        dst.write(image)
+    bad = CliRunner().invoke(app, ["sr", str(src), str(tmp_path / "bad.tif"), "--no-ray", "--precision", "fp8"])
+    assert bad.exit_code == 2 and "fp8" in bad.output and not (tmp_path / "bad.tif").exists()
+    ok = CliRunner().invoke(app, ["sr", str(src), str(tmp_path / "half.tif"), "--no-ray", "--precision", "fp16"])
+    assert ok.exit_code == 0, ok.output
+    with rasterio.open(tmp_path / "half.tif") as out:
+        assert np.abs(block_mean(out.read().astype(np.float64)) - image).max() <= 1.0
