@@ -255,6 +255,9 @@ class KillingEngine:
     def run(self, source, cores, halo, sink, progress=None):
         return self.engine.run(source, cores, halo, sink, self)
 
+    def submit(self, source, cores, halo, sink, progress=None):
+        return self.engine.submit(source, cores, halo, sink, self)
+
 
 def test_actor_killed_mid_batch_costs_nothing(job, s3, pgstac, ray_local):  # noqa: F811
     package = M.load("default")
@@ -287,16 +290,21 @@ class RaisingEngine(LocalEngine):
 
     def __init__(self, package) -> None:
         super().__init__(package)
-        self.calls, self.raised = 0, 0
+        self.calls, self.raised, self.tiles = 0, 0, 0
+        launch = self.predict.launch
 
-    def map(self, source, cores, halo):
-        self.calls += 1
-        call = self.calls
-        for i, result in enumerate(super().map(source, cores, halo)):
-            if call == 1 and i == 2:
+        def failing(batch):
+            self.tiles += 1
+            if self.calls == 1 and self.tiles == 3:
                 self.raised += 1
                 raise RuntimeError("model failed on tile 2: NaN in activations")
-            yield result
+            return launch(batch)
+
+        self.predict.launch = failing
+
+    def submit(self, source, cores, halo, sink, progress=None):
+        self.calls, self.tiles = self.calls + 1, 0
+        return super().submit(source, cores, halo, sink, progress)
 
 
 def test_a_model_error_on_one_tile_fails_that_item_and_the_batch_goes_on(job, pgstac):

@@ -121,4 +121,4 @@ def test_gpu_check_dry_run_on_cpu():
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 passed, 0 failed" in done.stdout and "FAIL" not in done.stdout
+    assert "6 passed, 0 failed" in done.stdout and "FAIL" not in done.stdout

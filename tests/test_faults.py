@@ -435,6 +435,8 @@ def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tm
 
     assert len(published()) < 2
     for tif in out.rglob("*.tif"):  # under a final name only whole COGs (a killed write leaves a hidden .part)
+        if any(part.startswith(".stacsr-") for part in tif.relative_to(out).parts[:-1]):
+            continue  # a hidden scratch folder: the next item's intermediates, being written when killed
         assert not tif.name.startswith(".") and cog_validate(str(tif), quiet=True)[0], tif
     r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
