@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
-from odc.geo.geobox import GeoBox
 
 from stacsr.catalog.presets import COMMON_NAMES, PRESETS, S2_BANDS, no_signing
+from stacsr.io.grid import GeoBox, Window, crop, from_rasterio, zoom_out
 from stacsr.io.write import write_cog
 from stacsr.plumbing import figures
 from stacsr.train.degrade import block_mean
@@ -81,6 +81,12 @@ def ground(seed: int = 7, scale: int = 4) -> np.ndarray:
     return np.clip(image, 1, 10000)
 
 
+def world_grid() -> GeoBox:
+    """The 10 m grid of the synthetic ground."""
+    transform = Affine(10, 0, WORLD_ORIGIN[0], 0, -10, WORLD_ORIGIN[1])
+    return from_rasterio(transform, f"EPSG:{EPSG}", (WORLD_PIXELS, WORLD_PIXELS))
+
+
 def build_catalog(
     folder: str | Path, style: str = "planetary-computer", href_base: str | None = None
 ) -> list[dict[str, Any]]:
@@ -92,9 +98,8 @@ def build_catalog(
         offset = 1000 if baseline >= "04.00" else 0
         dn = np.rint(world[:, dr : dr + ITEM_PIXELS, dc : dc + ITEM_PIXELS]).astype(np.uint16) + offset
         dn[:, -40:, :60] = 0  # a swath edge: nodata
-        transform = Affine(10, 0, WORLD_ORIGIN[0] + dc * 10, 0, -10, WORLD_ORIGIN[1] - dr * 10)
-        grid10 = GeoBox((ITEM_PIXELS, ITEM_PIXELS), transform, f"EPSG:{EPSG}")
-        grid20 = GeoBox((ITEM_PIXELS // 2, ITEM_PIXELS // 2), transform @ Affine.scale(2), f"EPSG:{EPSG}")
+        grid10 = crop(world_grid(), Window(dr, dc, ITEM_PIXELS, ITEM_PIXELS))
+        grid20 = zoom_out(grid10, 2)
         scl = np.where(block_mean(dn.astype(np.float32), 2)[0] == 0, 0, 4).astype(np.uint8)
         files = {
             b: write_cog(folder / item_id / f"{b}.tif", dn[i], grid10, [b], scale=None) for i, b in enumerate(S2_BANDS)
