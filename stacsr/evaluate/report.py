@@ -327,11 +327,11 @@ def evaluate_pairs(
     (default Planetary Computer). ``limit``: the first rows only. Patches must be larger than two borders
     (``border`` LR pixels, default the receptive radius) or nothing is left to score.
     """
-    from stacsr.train import manifest as P
     from stacsr.train.data import read_pair
+    from stacsr.train.manifest import KIND_WALD, read_manifest
 
     border = check_args("wald", degradations, border, package)
-    table = manifest if hasattr(manifest, "to_pylist") else P.read_manifest(manifest)
+    table = manifest if hasattr(manifest, "to_pylist") else read_manifest(manifest)
     rows = table.to_pylist()[: limit if limit else None]
     if not rows:
         raise InputError("the pairs manifest lists no pair")
@@ -348,7 +348,7 @@ def evaluate_pairs(
     engine, own = _engine(package, engine)
     try:
         for row in rows:
-            kinds = list(degradations) if row.get("kind") == P.KIND_WALD else ["real"]
+            kinds = list(degradations) if row.get("kind") == KIND_WALD else ["real"]
             for kind in kinds:
                 lr, hr = read_pair(
                     row,

@@ -20,8 +20,8 @@ import numpy as np
 
 from stacsr.catalog.presets import Preset
 from stacsr.io.grid import GeoBox
-from stacsr.train import degrade as D
 from stacsr.train import pairs_cross_sensor, pairs_wald
+from stacsr.train.degrade import DEFAULT_SIGMA, TRAIN_DEGRADATIONS
 from stacsr.train.manifest import KIND_CROSS_SENSOR, KIND_WALD, PairsError, check_manifest, read_manifest
 
 Reader = Callable[..., tuple[np.ndarray, np.ndarray]]
@@ -83,7 +83,7 @@ def read_pair(
     degradation: str = "area",
     noise_std: float = 0.0,
     *,
-    sigma: float = D.DEFAULT_SIGMA,
+    sigma: float = DEFAULT_SIGMA,
     rng: np.random.Generator | None = None,
     bands: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -93,8 +93,8 @@ def read_pair(
     ``(bands, size, size)``, checked with :func:`check_pair`. ``degradation``: ``"area"``, ``"mtf"`` or ``"mixed"``
     (``sigma``, ``sigma_min`` in HR pixels: :func:`stacsr.train.degrade.degrade`); ``noise_std`` adds noise to
     LR; ``bands``: the model's bands, to refuse others."""
-    if degradation not in D.TRAIN_DEGRADATIONS:
-        raise PairsError(f"unknown degradation {degradation!r}: use {', '.join(D.TRAIN_DEGRADATIONS)}")
+    if degradation not in TRAIN_DEGRADATIONS:
+        raise PairsError(f"unknown degradation {degradation!r}: use {', '.join(TRAIN_DEGRADATIONS)}")
     read = _kind(row).read
     lr, hr = read(
         row, preset, degradation, noise_std, sigma=sigma, rng=rng, bands=bands, cache_dir=cache_dir, sigma_min=sigma_min
@@ -152,7 +152,7 @@ def pair_dataset(
     degradation: str = "area",
     noise_std: float = 0.0,
     *,
-    sigma: float = D.DEFAULT_SIGMA,
+    sigma: float = DEFAULT_SIGMA,
     sigma_min: float = 0.0,
     bands: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -176,8 +176,8 @@ def pair_dataset(
     import pyarrow as pa
     import ray
 
-    if degradation not in D.TRAIN_DEGRADATIONS:
-        raise PairsError(f"unknown degradation {degradation!r}: use {', '.join(D.TRAIN_DEGRADATIONS)}")
+    if degradation not in TRAIN_DEGRADATIONS:
+        raise PairsError(f"unknown degradation {degradation!r}: use {', '.join(TRAIN_DEGRADATIONS)}")
     table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest, filesystem)
     check_manifest(table)
     unknown = sorted(set(table.column("kind").to_pylist()) - set(KINDS))

@@ -28,10 +28,18 @@ from stacsr.model.mlm import mlm_item
 from stacsr.model.package import CARD, ModelCard, ModelError, ModelPackage, load_generator, save
 from stacsr.plumbing.redaction import first_line, redact
 from stacsr.plumbing.storage import StoreError, open_fs
-from stacsr.train import checkpoint as C
+from stacsr.train.checkpoint import (
+    CHECKPOINT_PREFIX,
+    DISCRIMINATOR,
+    GENERATOR,
+    GENERATOR_EMA,
+    STATE,
+    checkpoint_folders,
+    run_checkpoints,
+)
 
-EMA, STATE = C.GENERATOR_EMA, C.STATE
-CHECKPOINT_FILES = (CARD, EMA, C.GENERATOR, C.DISCRIMINATOR, STATE)
+EMA = GENERATOR_EMA
+CHECKPOINT_FILES = (CARD, EMA, GENERATOR, DISCRIMINATOR, STATE)
 ITEM = "item.json"
 _STRIP = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers, should a state carry them
 
@@ -143,14 +151,14 @@ def _find_checkpoint(fs_: Any, root: str, source: str) -> str:
     if names & set(CHECKPOINT_FILES):
         return root  # a checkpoint folder (complete or not: _copy_local says what is missing)
     try:
-        complete = C.run_checkpoints(fs_, root)
-        folders = C.checkpoint_folders(fs_, root)
+        complete = run_checkpoints(fs_, root)
+        folders = checkpoint_folders(fs_, root)
     except OSError as e:
         raise ExportError(f"cannot list {where}: {first_line(e)}") from None
     if complete:
         return complete[-1][1]
     if not folders:
-        raise ExportError(f"{where} holds no checkpoint (no {C.CHECKPOINT_PREFIX}* folder, no {EMA})")
+        raise ExportError(f"{where} holds no checkpoint (no {CHECKPOINT_PREFIX}* folder, no {EMA})")
     return max(folders, key=lambda p: p.rstrip("/").rsplit("/", 1)[-1])
 
 

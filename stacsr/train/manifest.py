@@ -29,8 +29,7 @@ import pyarrow.parquet as pq
 
 from stacsr.catalog import radiometry
 from stacsr.catalog.presets import Preset
-from stacsr.io import grid as G
-from stacsr.io.grid import Window
+from stacsr.io.grid import GeoBox, Window, crop
 from stacsr.plumbing.redaction import first_line, redact
 from stacsr.plumbing.storage import StoreError, atomic_output, open_fs
 
@@ -115,16 +114,16 @@ def _radiometry(item: Mapping[str, Any], key: str) -> list[float]:
     return [r.scale, r.offset]
 
 
-def _footprint_wkb(grid: G.GeoBox, window: Window) -> bytes:
+def _footprint_wkb(grid: GeoBox, window: Window) -> bytes:
     import shapely
 
-    return shapely.to_wkb(G.crop(grid, window).extent.to_crs("EPSG:4326").geom)  # odc-geo keeps lon/lat order
+    return shapely.to_wkb(crop(grid, window).extent.to_crs("EPSG:4326").geom)  # odc-geo keeps lon/lat order
 
 
 def make_row(
     name: str,
     kind: str,
-    grid: G.GeoBox,
+    grid: GeoBox,
     window: Window,
     size: int,
     scale: int,

@@ -31,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 
 from stacsr.catalog.presets import Preset
-from stacsr.io import grid as G
+from stacsr.io.grid import GeoBox, GridError, crop, item_grid, window_grid, zoom_in
 from stacsr.io.window import read_warped
 from stacsr.plumbing.redaction import redact
-from stacsr.train import degrade as D
+from stacsr.train import degrade
 from stacsr.train.manifest import (
     CROSS_SENSOR_SCHEMA,
     DEFAULT_MIN_VALID,
@@ -99,10 +99,10 @@ def hr_footprint(hr_item: Mapping[str, Any], asset: str, crs: Any) -> Any:
     from odc.geo.geom import Geometry
 
     try:
-        grid = G.item_grid(hr_item, asset)
+        grid = item_grid(hr_item, asset)
         geom = grid.extent
         step = abs(grid.affine.a) * 16
-    except (G.GridError, KeyError):
+    except (GridError, KeyError):
         if not hr_item.get("geometry"):
             raise PairsError(f"HR item {hr_item.get('id')} has neither proj:* fields nor a geometry") from None
         geom, step = Geometry(hr_item["geometry"], "EPSG:4326"), 1e-4
@@ -153,11 +153,11 @@ def _near(
     return sorted(near)
 
 
-def _covered(found: Sequence[WaldWindow], grid: G.GeoBox, feet: Sequence[Any]) -> list[int]:
+def _covered(found: Sequence[WaldWindow], grid: GeoBox, feet: Sequence[Any]) -> list[int]:
     """For each window of ``found`` (on ``grid``), the index of the first of ``feet`` covering it (-1: none)."""
     import shapely
 
-    boxes = shapely.box(*np.array([G.crop(grid, w.window).boundingbox.bbox for w in found]).T)
+    boxes = shapely.box(*np.array([crop(grid, w.window).boundingbox.bbox for w in found]).T)
     chosen = np.full(len(found), -1)
     for j, foot in reversed(list(enumerate(feet))):  # the first (nearest in time) wins: it is written last
         chosen[shapely.covers(foot, boxes)] = j
@@ -184,9 +184,9 @@ def _candidates(
         return []
     rng = np.random.default_rng([seed, zlib.crc32(str(item["id"]).encode())])
     try:
-        grid = G.item_grid(item, keys[0])
+        grid = item_grid(item, keys[0])
         found = candidates(item, preset, bbox, lr_size, rng, min_valid, bands, stride, True)
-    except (PairsError, G.GridError) as e:
+    except (PairsError, GridError) as e:
         if "does not overlap" not in str(e):
             raise
         return []
@@ -201,8 +201,8 @@ def _hr_fields(
 ) -> dict[str, Any]:
     """The :data:`~stacsr.train.manifest.HR_COLUMNS` of a row whose HR is ``hr``."""
     try:
-        hr_epsg = G.item_grid(hr, hr_assets[0]).crs.epsg
-    except G.GridError:
+        hr_epsg = item_grid(hr, hr_assets[0]).crs.epsg
+    except GridError:
         hr_epsg = None
     return {
         "hr_item_id": hr["id"],
@@ -281,7 +281,7 @@ def build_cross_sensor_manifest(
     rows = []
     for i, (ww, k, gap) in picked:
         item, hr = s2_items[i], usable_hr[k]
-        grid, fields = G.item_grid(item, keys[0]), item_fields(item, bands, keys)
+        grid, fields = item_grid(item, keys[0]), item_fields(item, bands, keys)
         name = f"{item['id']}_x_{hr['id']}"
         row = make_row(
             name,
@@ -316,15 +316,15 @@ def build_cross_sensor_manifest(
 # ------------------------------------------------------------------ reading
 
 
-def pair_grids(row: Mapping[str, Any]) -> tuple[G.GeoBox, G.GeoBox]:
+def pair_grids(row: Mapping[str, Any]) -> tuple[GeoBox, GeoBox]:
     """``(lr_grid, hr_grid)``: the LR window (``size / scale`` pixels) on the S2 item's 10 m grid, and that grid
     zoomed in ×``scale`` (same origin)."""
     size, scale = size_and_scale(row)
-    lr = G.window_grid(row["transform"], f"EPSG:{int(row['epsg'])}", row_window(row, size // scale))
-    return lr, G.zoom_in(lr, scale)
+    lr = window_grid(row["transform"], f"EPSG:{int(row['epsg'])}", row_window(row, size // scale))
+    return lr, zoom_in(lr, scale)
 
 
-def read_hr_warped(row: Mapping[str, Any], preset: Preset, hr_grid: G.GeoBox, listed: Sequence[str]) -> np.ndarray:
+def read_hr_warped(row: Mapping[str, Any], preset: Preset, hr_grid: GeoBox, listed: Sequence[str]) -> np.ndarray:
     """The row's HR raster resampled onto ``hr_grid`` (warped VRT from its own CRS: only the blocks needed are
     fetched) as reflectance × 10000 float32 ``(bands, size, size)``; 0 = nodata (outside the raster, or DN 0
     when the raster declares no nodata)."""
@@ -357,7 +357,7 @@ def calibrate(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, n
     pixels valid in both (LR ≠ 0 and all of the HR block ≠ 0), then ``gain · hr + offset`` on valid HR pixels
     (clipped to [1, 65535], so it never turns into nodata). Fewer than 2 valid pixels or a flat HR: the gain
     is the ratio of the means (offset 0), or 1 when nothing is valid."""
-    hrm = D.area(hr, scale)
+    hrm = degrade.area(hr, scale)
     out = hr.copy()
     gains, offsets = np.ones(len(hr)), np.zeros(len(hr))
     for b in range(len(hr)):
@@ -382,7 +382,7 @@ def cache_path(cache_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
     return Path(cache_dir) / f"{safe}-{digest}.npz"
 
 
-def _cached(path: Path | None, lr_grid: G.GeoBox, hr_grid: G.GeoBox) -> tuple[np.ndarray, np.ndarray] | None:
+def _cached(path: Path | None, lr_grid: GeoBox, hr_grid: GeoBox) -> tuple[np.ndarray, np.ndarray] | None:
     """``(lr, hr)`` from the cache file ``path`` when it holds arrays of the grids' shapes."""
     if path is None or not path.is_file():
         return None
@@ -402,7 +402,7 @@ def read_cross_sensor_pair(
     degradation: str = "area",
     noise_std: float = 0.0,
     *,
-    sigma: float = D.DEFAULT_SIGMA,
+    sigma: float = degrade.DEFAULT_SIGMA,
     rng: np.random.Generator | None = None,
     bands: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -426,5 +426,5 @@ def read_cross_sensor_pair(
             save_cache(path, hr.astype(np.float32), lr=lr.astype(np.float32))
     lr, hr = lr.astype(np.float32), hr.astype(np.float32)
     if noise_std:
-        lr = D.noise(lr, noise_std, rng)
+        lr = degrade.noise(lr, noise_std, rng)
     return lr, hr

@@ -17,7 +17,7 @@ import pyarrow as pa
 import rasterio
 
 from stacsr.catalog import radiometry
-from stacsr.io import grid as G
+from stacsr.io.grid import GeoBox, GridError, from_rasterio
 from stacsr.io.read import GDAL_ENV, ReadError, Scene, scenes
 from stacsr.train.manifest import DEFAULT_MIN_VALID, KIND_WALD, MANIFEST_VERSION, PairsError, make_row, manifest_table
 from stacsr.train.sampling import WaldWindow, check_sampling, lattice_windows, pick
@@ -34,14 +34,14 @@ def _scene_datetime(scene: Scene) -> datetime | None:
 
 def image_windows(
     scene: Scene, patch_size: int, rng: np.random.Generator, min_valid: float, stride: int | None
-) -> tuple[G.GeoBox, list[WaldWindow]]:
+) -> tuple[GeoBox, list[WaldWindow]]:
     """The scene's grid and its candidate windows (valid = every band > 0), in sampling order."""
     with rasterio.Env(**GDAL_ENV), rasterio.open(scene.href) as src:
         if set(src.dtypes) != {"uint16"}:
             raise PairsError(f"{scene.path} is {src.dtypes[0]}; stacsr expects uint16 reflectance × 10000")
         try:
-            grid = G.from_rasterio(src.transform, src.crs, (src.height, src.width))
-        except G.GridError as e:  # no CRS, rotated
+            grid = from_rasterio(src.transform, src.crs, (src.height, src.width))
+        except GridError as e:  # no CRS, rotated
             raise PairsError(f"{scene.path}: {e}") from None
         mask = (src.read() > 0).all(axis=0)
     return grid, lattice_windows(mask, patch_size, stride, rng, min_valid)
@@ -97,7 +97,7 @@ def build_image_manifest(
     return manifest_table(rows, meta)
 
 
-def _row(scene: Scene, grid: G.GeoBox, ww: WaldWindow, scale: int, bands: Sequence[str]) -> dict:
+def _row(scene: Scene, grid: GeoBox, ww: WaldWindow, scale: int, bands: Sequence[str]) -> dict:
     """The manifest row of a window of a scene (radiometry: reflectance × 10000 already)."""
     return make_row(
         scene.name,

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from stacsr.catalog.presets import Preset
-from stacsr.io import grid as G
-from stacsr.train import degrade as D
+from stacsr.io.grid import GeoBox, item_grid, window_grid, zoom_out
+from stacsr.train.degrade import DEFAULT_SIGMA, degrade
 from stacsr.train.manifest import (
     DEFAULT_MIN_VALID,
     KIND_WALD,
@@ -76,7 +76,7 @@ def build_wald_manifest(
     rows = []
     for i, ww in picked:
         item, w = items[i], ww.window
-        grid = G.item_grid(item, keys[0])
+        grid = item_grid(item, keys[0])
         fields = item_fields(item, bands, keys)
         rows.append(make_row(item["id"], KIND_WALD, grid, w, w.height, scale, bands, ww.valid_fraction, **fields))
     meta = {
@@ -117,12 +117,12 @@ def _sample(
 # ------------------------------------------------------------------ reading
 
 
-def pair_grids(row: Mapping[str, Any]) -> tuple[G.GeoBox, G.GeoBox]:
+def pair_grids(row: Mapping[str, Any]) -> tuple[GeoBox, GeoBox]:
     """``(lr_grid, hr_grid)``: the HR window on the item's 10 m grid, and the same footprint with pixels
     ``scale`` times larger."""
     size, scale = size_and_scale(row)
-    hr = G.window_grid(row["transform"], f"EPSG:{int(row['epsg'])}", row_window(row, size))
-    return G.zoom_out(hr, scale), hr
+    hr = window_grid(row["transform"], f"EPSG:{int(row['epsg'])}", row_window(row, size))
+    return zoom_out(hr, scale), hr
 
 
 def cache_path(cache_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
@@ -163,7 +163,7 @@ def read_wald_pair(
     degradation: str = "area",
     noise_std: float = 0.0,
     *,
-    sigma: float = D.DEFAULT_SIGMA,
+    sigma: float = DEFAULT_SIGMA,
     rng: np.random.Generator | None = None,
     bands: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -171,5 +171,5 @@ def read_wald_pair(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(lr, hr)`` float32 of a Wald row: the HR window, and that window degraded ×``scale``."""
     hr = read_hr(row, preset, cache_dir, bands).astype(np.float32)
-    lr = D.degrade(hr, int(row["scale"]), degradation, sigma=sigma, noise_std=noise_std, rng=rng, sigma_min=sigma_min)
+    lr = degrade(hr, int(row["scale"]), degradation, sigma=sigma, noise_std=noise_std, rng=rng, sigma_min=sigma_min)
     return lr, hr

@@ -17,8 +17,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from stacsr.catalog.presets import Preset
-from stacsr.io import grid as G
-from stacsr.io.grid import Window
+from stacsr.io.grid import GeoBox, GridError, Window, crop, item_grid, item_window, nearest_window
 from stacsr.io.window import read_window
 from stacsr.train.manifest import DEFAULT_MIN_VALID, PairsError, model_bands
 
@@ -56,30 +55,28 @@ def scl_key(item: Mapping[str, Any]) -> str:
     raise PairsError(f"item {item.get('id')} has no SCL asset ({' or '.join(SCL_KEYS)}): cannot tell clear pixels")
 
 
-def _aoi(
-    item: Mapping[str, Any], preset: Preset, bbox: Sequence[float], bands: Sequence[str]
-) -> tuple[G.GeoBox, Window]:
+def _aoi(item: Mapping[str, Any], preset: Preset, bbox: Sequence[float], bands: Sequence[str]) -> tuple[GeoBox, Window]:
     try:
-        return G.item_window(item, preset.asset_keys(list(bands)), bbox)
-    except G.GridError as e:
+        return item_window(item, preset.asset_keys(list(bands)), bbox)
+    except GridError as e:
         raise PairsError(str(e)) from None
 
 
-def valid_mask(item: Mapping[str, Any], preset: Preset, grid10: G.GeoBox, window: Window) -> np.ndarray:
+def valid_mask(item: Mapping[str, Any], preset: Preset, grid10: GeoBox, window: Window) -> np.ndarray:
     """Clear-ground mask of ``window`` of the 10 m grid ``grid10``, from the item's SCL (nearest neighbour).
 
     SCL is read remotely (signed at read time) for the window only; pixels outside the SCL raster are invalid.
     """
     key = scl_key(item)
     try:
-        grid20 = G.item_grid(item, key)
-    except G.GridError as e:
+        grid20 = item_grid(item, key)
+    except GridError as e:
         raise PairsError(f"item {item.get('id')}: {e}") from None
     if grid20.crs != grid10.crs:
         raise PairsError(f"item {item.get('id')}: SCL is in {grid20.crs}, the bands in {grid10.crs}")
     try:
-        scl_window, rows, cols = G.nearest_window(G.crop(grid10, window), grid20)
-    except G.GridError as e:
+        scl_window, rows, cols = nearest_window(crop(grid10, window), grid20)
+    except GridError as e:
         raise PairsError(f"item {item.get('id')}: SCL and bands: {e}") from None
     signed = preset.sign(dict(item))
     scl = read_window(signed["assets"][key]["href"], scl_window, asset=f"{key} of item {item.get('id')}")

@@ -21,8 +21,8 @@ import re
 from typing import Any
 
 from stacsr.catalog.presets import COMMON_NAMES, Preset
-from stacsr.model import losses as L
-from stacsr.model import package as M
+from stacsr.model import package as model_package
+from stacsr.model.losses import perceptual_network
 from stacsr.model.package import ModelCard
 from stacsr.plumbing.storage import open_fs
 from stacsr.train.config import TrainConfig, load_config
@@ -56,7 +56,7 @@ def _load_config(config: TrainConfig | str | os.PathLike | None) -> TrainConfig:
     return config if isinstance(config, TrainConfig) else load_config(config)
 
 
-def check_init_package(package: M.ModelPackage, config: TrainConfig, bands: list[str]) -> None:
+def check_init_package(package: model_package.ModelPackage, config: TrainConfig, bands: list[str]) -> None:
     """Refuse a package whose generator or bands differ from the configuration's and the manifest's."""
     theirs, ours = package.card.config.architecture(), config.generator.architecture()
     if theirs != ours:
@@ -81,7 +81,7 @@ def prepare(
     workers: int,
     init_from: str | os.PathLike | None = None,
     manifest_filesystem: Any = None,
-) -> tuple[TrainConfig, Any, ModelCard, M.ModelPackage | None]:
+) -> tuple[TrainConfig, Any, ModelCard, model_package.ModelPackage | None]:
     """Every check that needs no cluster: ``(config, manifest table, card, init package)``; ValueError if bad."""
     cfg = _load_config(config)
     if not NAME_RE.match(name or ""):
@@ -90,7 +90,7 @@ def prepare(
         raise ValueError(f"--workers must be ≥ 1, not {workers}")
     weights = cfg.losses.weights()
     if weights.vgg > 0:
-        L.perceptual_network(weights, cfg.losses.vgg_weights, cfg.losses.vgg_layer)  # the file exists and fits
+        perceptual_network(weights, cfg.losses.vgg_weights, cfg.losses.vgg_layer)  # the file exists and fits
     table = read_manifest(manifest, manifest_filesystem)
     bands_sets = {tuple(b) for b in table.column("bands").to_pylist()}
     if len(bands_sets) != 1:
@@ -118,7 +118,7 @@ def prepare(
         )
     package = None
     if init_from is not None:
-        package = M.load(init_from)
+        package = model_package.load(init_from)
         check_init_package(package, cfg, bands)
     provenance = {
         "trained": True,
