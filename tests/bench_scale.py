@@ -100,8 +100,9 @@ def run_sampled(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Complet
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak, roles, totals, time.perf_counter() - start
 
 
-def make_input(path: Path, size: int) -> Path:
-    """The demo's synthetic ground (10 m), tiled to ``size`` × ``size``, written strip by strip as a COG."""
+def make_input(path: Path, size: int, bands: tuple[int, ...] = (0, 1, 2, 3)) -> Path:
+    """The demo's synthetic ground (10 m; ``bands`` of B02, B03, B04, B08), tiled to ``size`` × ``size``, written
+    strip by strip as a COG (kept between runs)."""
     import rasterio
     from affine import Affine
 
@@ -110,13 +111,13 @@ def make_input(path: Path, size: int) -> Path:
 
     if path.is_file():
         return path
-    world = np.rint(block_mean(ground(seed=3), 4)).astype(np.uint16)  # 480 × 480
+    world = np.rint(block_mean(ground(seed=3), 4)).astype(np.uint16)[list(bands)]  # 480 × 480
     tmp = path.with_suffix(".strips.tif")
     profile = dict(
         driver="GTiff",
         width=size,
         height=size,
-        count=4,
+        count=len(bands),
         dtype="uint16",
         crs="EPSG:32632",
         nodata=0,
@@ -128,7 +129,7 @@ def make_input(path: Path, size: int) -> Path:
         bigtiff="IF_SAFER",
     )
     with rasterio.open(tmp, "w", **profile) as dst:
-        dst.descriptions = ("B02", "B03", "B04", "B08")
+        dst.descriptions = tuple(("B02", "B03", "B04", "B08")[b] for b in bands)
         for row in range(0, size, STRIP):
             rows = np.arange(row, min(size, row + STRIP)) % world.shape[1]
             cols = np.arange(size) % world.shape[2]

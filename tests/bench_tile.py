@@ -29,51 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.bench_scale import STRIP, run_sampled, tree_rss
+from tests.bench_scale import make_input, run_sampled, tree_rss
 
 BANDS = ("B02", "B03", "B04", "B08")
 
 
 def make_tile(folder: Path, size: int) -> list[Path]:
     """One COG per band, the demo's ground tiled to ``size`` × ``size`` (kept between runs)."""
-    import rasterio
-    from affine import Affine
-
-    from stacsr.demo import ground
-    from stacsr.io.write import cog_from_file
-    from stacsr.train.degrade import block_mean
-
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{b}.tif" for b in BANDS]
-    if all(p.is_file() for p in paths):
-        return paths
-    world = np.rint(block_mean(ground(seed=3), 4)).astype(np.uint16)
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=1,
-        dtype="uint16",
-        crs="EPSG:32632",
-        nodata=0,
-        transform=Affine(10, 0, 600000, 0, -10, 5300000),
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="deflate",
-        bigtiff="IF_SAFER",
-    )
-    for i, path in enumerate(paths):
-        tmp = path.with_suffix(".strips.tif")
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for row in range(0, size, STRIP):
-                rows = np.arange(row, min(size, row + STRIP)) % world.shape[1]
-                cols = np.arange(size) % world.shape[2]
-                block = world[i][rows[:, None], cols[None, :]]
-                dst.write(block[None], window=rasterio.windows.Window(0, row, size, len(rows)))
-        cog_from_file(tmp, path)
-        tmp.unlink()
-    return paths
+    return [make_input(folder / f"{b}.tif", size, (i,)) for i, b in enumerate(BANDS)]
 
 
 class GpuSampler:

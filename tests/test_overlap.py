@@ -54,22 +54,19 @@ def test_unknown_precision_is_refused(package):
         Predictor(package, precision="fp8")
 
 
+def write_input(path, image: np.ndarray) -> str:
+    """``image`` as a 4-band 10 m GeoTIFF at ``path``."""
+    bands, rows, cols = image.shape
+    profile = dict(driver="GTiff", width=cols, height=rows, count=bands, dtype="uint16", crs="EPSG:32632", nodata=0)
+    with rasterio.open(path, "w", transform=rasterio.Affine(10, 0, 600000, 0, -10, 5300000), **profile) as dst:
+        dst.write(image)
+    return str(path)
+
+
 def test_pipelined_engine_writes_what_the_plain_pass_computes(package, tmp_path):
     image = np.rint(demo.block_mean(demo.ground(seed=4), SCALE)).astype(np.uint16)[:, :200, :150]
     image[:, :40, :30] = 0  # tiles with no valid pixel are skipped and stay nodata
-    src = tmp_path / "in.tif"
-    profile = dict(
-        driver="GTiff",
-        width=150,
-        height=200,
-        count=4,
-        dtype="uint16",
-        crs="EPSG:32632",
-        nodata=0,
-        transform=rasterio.Affine(10, 0, 600000, 0, -10, 5300000),
-    )
-    with rasterio.open(src, "w", **profile) as dst:
-        dst.write(image)
+    src = write_input(tmp_path / "in.tif", image)
     timings = Timings()
     engine = LocalEngine(package, batch=2, timings=timings)
     pipeline.sr_file(str(src), tmp_path / "out.tif", package, engine, tile_size=32)
@@ -108,19 +105,7 @@ def test_cli_precision_option(tmp_path):
     from stacsr.cli import app
 
     image = np.rint(demo.block_mean(demo.ground(seed=4), SCALE)).astype(np.uint16)[:, :64, :64]
-    src = tmp_path / "in.tif"
-    profile = dict(
-        driver="GTiff",
-        width=64,
-        height=64,
-        count=4,
-        dtype="uint16",
-        crs="EPSG:32632",
-        nodata=0,
-        transform=rasterio.Affine(10, 0, 600000, 0, -10, 5300000),
-    )
-    with rasterio.open(src, "w", **profile) as dst:
-        dst.write(image)
+    src = write_input(tmp_path / "in.tif", image)
     bad = CliRunner().invoke(app, ["sr", str(src), str(tmp_path / "bad.tif"), "--no-ray", "--precision", "fp8"])
     assert bad.exit_code == 2 and "fp8" in bad.output and not (tmp_path / "bad.tif").exists()
     ok = CliRunner().invoke(app, ["sr", str(src), str(tmp_path / "half.tif"), "--no-ray", "--precision", "fp16"])

@@ -170,6 +170,22 @@ def manifest_table(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], s
     return with_metadata(pa.Table.from_pylist(list(rows), schema=schema), meta, [float(v) for v in bbox])
 
 
+def sampling_meta(
+    kind: str, patch_size: int, scale: int, bands: Sequence[str], min_valid: float, seed: int, **extra: Any
+) -> dict[str, Any]:
+    """The manifest metadata every builder writes (format version, kind, sampling), plus its own ``extra``."""
+    return {
+        "version": MANIFEST_VERSION,
+        "kind": kind,
+        "patch_size": patch_size,
+        "scale": scale,
+        "bands": list(bands),
+        "min_valid": min_valid,
+        "seed": seed,
+        **extra,
+    }
+
+
 # ------------------------------------------------------------------ metadata
 
 

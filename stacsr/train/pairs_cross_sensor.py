@@ -40,13 +40,13 @@ from stacsr.train.manifest import (
     DEFAULT_MIN_VALID,
     HR_COLUMNS,
     KIND_CROSS_SENSOR,
-    MANIFEST_VERSION,
     PairsError,
     item_datetime,
     item_fields,
     make_row,
     manifest_table,
     model_bands,
+    sampling_meta,
 )
 from stacsr.train.reading import read_s2, row_bands, row_window, save_cache, signed_hrefs, size_and_scale
 from stacsr.train.sampling import WaldWindow, candidates, check_sampling, pick
@@ -296,20 +296,19 @@ def build_cross_sensor_manifest(
             **fields,
         )
         rows.append({**row, **_hr_fields(hr, hr_assets, hr_bands, radio, calibrate)})
-    meta = {
-        "version": MANIFEST_VERSION,
-        "kind": KIND_CROSS_SENSOR,
-        "patch_size": patch_size,
-        "scale": scale,
-        "bands": list(bands),
-        "min_valid": min_valid,
-        "seed": seed,
-        "preset": preset.name,
-        "max_days": max_days,
-        "calibrate": bool(calibrate),
-        "hr_bands": hr_bands,
-        "hr_collections": sorted({str(h.get("collection")) for h in usable_hr}),
-    }
+    meta = sampling_meta(
+        KIND_CROSS_SENSOR,
+        patch_size,
+        scale,
+        bands,
+        min_valid,
+        seed,
+        preset=preset.name,
+        max_days=max_days,
+        calibrate=bool(calibrate),
+        hr_bands=hr_bands,
+        hr_collections=sorted({str(h.get("collection")) for h in usable_hr}),
+    )
     return manifest_table(rows, meta, CROSS_SENSOR_SCHEMA)
 
 

@@ -19,7 +19,7 @@ import rasterio
 from stacsr.catalog import radiometry
 from stacsr.io.grid import GeoBox, GridError, from_rasterio
 from stacsr.io.read import GDAL_ENV, ReadError, Scene, scenes
-from stacsr.train.manifest import DEFAULT_MIN_VALID, KIND_WALD, MANIFEST_VERSION, PairsError, make_row, manifest_table
+from stacsr.train.manifest import DEFAULT_MIN_VALID, KIND_WALD, PairsError, make_row, manifest_table, sampling_meta
 from stacsr.train.sampling import WaldWindow, check_sampling, lattice_windows, pick
 
 DEFAULT_IMAGE_BANDS = ("B02", "B03", "B04", "B08")  # images without a preset: the model's RGBN
@@ -84,16 +84,7 @@ def build_image_manifest(
         f"patches found in {len(found)} scene(s)",
     )
     rows = [_row(found[i], grids[i], ww, scale, bands) for i, ww in picked]
-    meta = {
-        "version": MANIFEST_VERSION,
-        "kind": KIND_WALD,
-        "patch_size": patch_size,
-        "scale": scale,
-        "bands": list(bands),
-        "min_valid": min_valid,
-        "seed": seed,
-        "source": "images",
-    }
+    meta = sampling_meta(KIND_WALD, patch_size, scale, bands, min_valid, seed, source="images")
     return manifest_table(rows, meta)
 
 

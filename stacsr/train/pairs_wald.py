@@ -27,12 +27,12 @@ from stacsr.train.degrade import DEFAULT_SIGMA, degrade
 from stacsr.train.manifest import (
     DEFAULT_MIN_VALID,
     KIND_WALD,
-    MANIFEST_VERSION,
     PairsError,
     item_fields,
     make_row,
     manifest_table,
     model_bands,
+    sampling_meta,
 )
 from stacsr.train.reading import read_s2, row_bands, row_window, save_cache, size_and_scale
 from stacsr.train.sampling import WaldWindow, check_sampling, pick, sample_wald_windows
@@ -79,16 +79,7 @@ def build_wald_manifest(
         grid = item_grid(item, keys[0])
         fields = item_fields(item, bands, keys)
         rows.append(make_row(item["id"], KIND_WALD, grid, w, w.height, scale, bands, ww.valid_fraction, **fields))
-    meta = {
-        "version": MANIFEST_VERSION,
-        "kind": KIND_WALD,
-        "patch_size": patch_size,
-        "scale": scale,
-        "bands": list(bands),
-        "min_valid": min_valid,
-        "seed": seed,
-        "preset": preset.name,
-    }
+    meta = sampling_meta(KIND_WALD, patch_size, scale, bands, min_valid, seed, preset=preset.name)
     return manifest_table(rows, meta)
 
 
