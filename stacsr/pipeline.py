@@ -229,19 +229,9 @@ def submit_run(
     return engine.submit(source, cores, package.receptive_radius, sink, progress)
 
 
-def run_item(
-    source: Source,
-    window: Window,
-    targets: Sequence[CogTarget],
-    package: ModelPackage,
-    engine: Engine,
-    tile_size: int = DEFAULT_TILE_SIZE,
-    compress: str = "deflate",
-    progress: Progress | None = None,
-    label: str = "",
-) -> dict[str, str] | None:
+def run_item(*args: Any, **kwargs: Any) -> dict[str, str] | None:
     """:func:`submit_run`, waiting for the COGs: ``{url: href}``, or None when no pixel was valid."""
-    return submit_run(source, window, targets, package, engine, tile_size, compress, progress, label).result()
+    return submit_run(*args, **kwargs).result()
 
 
 def band_targets(root: str | Path, collection_id: str, item_id: str, bands: Sequence[str]) -> list[CogTarget]:
