@@ -2,9 +2,10 @@
 reports, the demo's picture, TensorBoard previews).
 
 Panels are ``(bands, rows, cols)`` arrays in reflectance × 10000, 0 = nodata, all of one size. RGB is B04,
-B03, B02 where the bands are named, else the first three reversed. Each channel is stretched from its 2nd
-to its 98th percentile over the valid pixels of one reference panel, the same stretch on every panel, so
-panels compare pixel for pixel.
+B03, B02 where the bands are named, else the first three reversed. The stretch maps the 2nd to the 98th
+percentile of one reference panel's valid pixels to [0, 1], the same on every panel, so panels compare pixel
+for pixel: one range for all three channels (natural colours: figures, the demo), or one per channel
+(``per_channel``: the most contrast, TensorBoard previews).
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ def upsample_nearest(image: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(image, scale, axis=-2), scale, axis=-1)
 
 
-def stretch(panels: Sequence[np.ndarray], bands: Sequence[str], reference: int = -1) -> list[np.ndarray]:
-    """Each panel as ``(3, rows, cols)`` float32 RGB in [0, 1], stretched 2–98 % per channel on the valid
-    pixels (no band 0) of ``panels[reference]``."""
+def stretch(
+    panels: Sequence[np.ndarray], bands: Sequence[str], reference: int = -1, per_channel: bool = False
+) -> list[np.ndarray]:
+    """Each panel as ``(3, rows, cols)`` float32 RGB in [0, 1], stretched 2–98 % on the valid pixels (no band 0)
+    of ``panels[reference]``, over all three channels or ``per_channel``."""
     idx = rgb_indices(bands)
     rgb = [np.asarray(p, dtype=np.float32)[idx] for p in panels]
     ref = rgb[reference]
     valid = ref[:, (np.asarray(panels[reference]) > 0).all(axis=0)]
     if valid.shape[1] == 0:
         valid = ref.reshape(3, -1)
-    lo, hi = np.percentile(valid, 2, axis=1), np.percentile(valid, 98, axis=1)
-    span = np.where(hi > lo, hi - lo, 1.0)[:, None, None]
-    return [np.clip((p - lo[:, None, None]) / span, 0, 1).astype(np.float32) for p in rgb]
+    axis = 1 if per_channel else None
+    lo, hi = np.percentile(valid, 2, axis=axis), np.percentile(valid, 98, axis=axis)
+    lo, span = np.reshape(lo, (-1, 1, 1)), np.reshape(np.where(hi > lo, hi - lo, 1.0), (-1, 1, 1))
+    return [np.clip((p - lo) / span, 0, 1).astype(np.float32) for p in rgb]
 
 
 def side_by_side(panels: Sequence[np.ndarray], bands: Sequence[str], reference: int = -1, gap: int = GAP) -> np.ndarray:

@@ -87,10 +87,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def preview_image(lr: Tensor, sr: Tensor, hr: Tensor, bands: Sequence[str]) -> np.ndarray:
     """``(3, H, 3W)`` float32 in [0, 1]: LR (nearest) | SR | HR of one sample ``(bands, …)``, RGB, stretched
-    by the figure renderer on the HR patch."""
+    per channel by the figure renderer on the HR patch."""
     lr_up = F.interpolate(lr[None].float(), size=tuple(hr.shape[-2:]), mode="nearest")[0]
     panels = [t.detach().float().cpu().numpy() for t in (lr_up, sr, hr)]
-    return np.concatenate(figures.stretch(panels, bands, reference=-1), axis=2)
+    return np.concatenate(figures.stretch(panels, bands, reference=-1, per_channel=True), axis=2)
 
 
 # ------------------------------------------------------------------ TensorBoard
