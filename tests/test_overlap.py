@@ -77,6 +77,26 @@ def test_pipelined_engine_writes_what_the_plain_pass_computes(package, tmp_path)
     assert set(timings.seconds) == {"read", "transfer", "model", "write", "cog"}
 
 
+def test_ray_actors_run_the_precision_asked_for(package, tmp_path, ray_local):
+    from stacsr.engine import RayEngine
+
+    image = np.rint(demo.block_mean(demo.ground(seed=6), SCALE)).astype(np.uint16)[:, :96, :96]
+    src = write_input(tmp_path / "in.tif", image)
+    outputs = {}
+    for name, engine in (
+        ("ray", RayEngine(package, actors=1, precision="bf16")),
+        ("local", LocalEngine(package, precision="bf16")),
+        ("fp32", LocalEngine(package)),
+    ):
+        try:
+            pipeline.sr_file(src, tmp_path / f"{name}.tif", package, engine, tile_size=48)
+        finally:
+            engine.close()
+        with rasterio.open(tmp_path / f"{name}.tif") as out:
+            outputs[name] = out.read()
+    assert np.array_equal(outputs["ray"], outputs["local"]) and not np.array_equal(outputs["ray"], outputs["fp32"])
+
+
 def test_enhance_runs_the_next_items_tiles_while_the_previous_items_cogs_are_made(package, tmp_path, monkeypatch):
     opened, second_started = [], threading.Event()
     open_, finish = TileSink.open, TileSink.finish
