@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from stacsr.catalog.presets import PRESETS
 from stacsr.cli import app
+from tests.fixtures import rasters
 from tests.fixtures import scenes as SC
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pystac-client: DoesNotConformTo SORT
@@ -209,20 +210,7 @@ def three_band_model(tmp_path_factory) -> Path:
 
 
 def write_geotiff(path: Path, data: np.ndarray) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        count=data.shape[0],
-        height=data.shape[1],
-        width=data.shape[2],
-        dtype=data.dtype.name,
-        crs="EPSG:32632",
-        transform=Affine(10, 0, 681000, 0, -10, 5338000),
-        nodata=0,
-    ) as dst:
-        dst.write(data)
-    return path
+    return rasters.write_geotiff(path, data, Affine(10, 0, 681000, 0, -10, 5338000), nodata=0)
 
 
 def test_model_band_count_mismatch(three_band_model, tmp_path):

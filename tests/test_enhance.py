@@ -38,6 +38,7 @@ from stacsr.catalog.presets import PRESETS, S2_BANDS
 from stacsr.cli import app
 from stacsr.io.grid import epsg_of
 from stacsr.model import package as M
+from tests.fixtures import rasters
 from tests.fixtures import scenes as SC
 from tests.fixtures.services import planetary_computer_stand_in
 
@@ -439,20 +440,7 @@ def test_cli_search_lists_least_cloudy_first(es_catalog, pgstac):
 
 
 def write_geotiff(path: Path, data: np.ndarray, transform: Affine, crs: str = f"EPSG:{demo.EPSG}") -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        count=data.shape[0],
-        height=data.shape[1],
-        width=data.shape[2],
-        dtype=data.dtype.name,
-        crs=crs,
-        transform=transform,
-        nodata=0,
-    ) as dst:
-        dst.write(data)
-    return path
+    return rasters.write_geotiff(path, data, transform, crs, nodata=0)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from affine import Affine
 from typer.testing import CliRunner
@@ -20,6 +19,7 @@ from stacsr.evaluate.report import Evaluation, evaluate_images
 from stacsr.model.generator import Generator
 from stacsr.model.package import load, save
 from stacsr.pipeline import InputError
+from tests.fixtures import rasters
 
 SIZE = 256  # 10 m pixels per test image: 64 LR pixels, 92 HR pixels of border each side at radius 23
 
@@ -120,21 +120,7 @@ def world10() -> np.ndarray:
 
 
 def write_tif(path: Path, data: np.ndarray) -> Path:
-    transform = Affine(10, 0, 680000, 0, -10, 5340000)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs="EPSG:32632",
-        transform=transform,
-        nodata=0,
-    ) as dst:
-        dst.write(data)
-    return path
+    return rasters.write_geotiff(path, data, Affine(10, 0, 680000, 0, -10, 5340000), nodata=0)
 
 
 @pytest.fixture(scope="module")

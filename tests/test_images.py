@@ -22,27 +22,14 @@ from stacsr.train.data import read_pair
 from stacsr.train.loop import augment
 from stacsr.train.manifest import PairsError, read_manifest
 from stacsr.train.pairs_images import build_image_manifest
+from tests.fixtures import rasters
 
 BANDS = ("B02", "B03", "B04", "B08")
 ORIGIN = Affine(10, 0, 600000, 0, -10, 5700000)
 
 
 def write(path: Path, data: np.ndarray, names: list[str] | None) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs="EPSG:32631",
-        transform=ORIGIN,
-    ) as dst:
-        dst.write(data)
-        for i, n in enumerate(names or [], 1):
-            dst.set_band_description(i, n)
-    return path
+    return rasters.write_geotiff(path, data, ORIGIN, "EPSG:32631", names)
 
 
 def field(seed: int, bands: int, n: int = 40) -> np.ndarray:

@@ -21,6 +21,7 @@ from stacsr.engine import LocalEngine
 from stacsr.io.sink import TileSink
 from stacsr.model.package import ModelError, Predictor, load
 from stacsr.plumbing.timing import Timings
+from tests.fixtures import rasters
 from tests.test_consistency import block_mean, demo_ground, step_edges
 
 SCALE = 4
@@ -56,11 +57,7 @@ def test_unknown_precision_is_refused(package):
 
 def write_input(path, image: np.ndarray) -> str:
     """``image`` as a 4-band 10 m GeoTIFF at ``path``."""
-    bands, rows, cols = image.shape
-    profile = dict(driver="GTiff", width=cols, height=rows, count=bands, dtype="uint16", crs="EPSG:32632", nodata=0)
-    with rasterio.open(path, "w", transform=rasterio.Affine(10, 0, 600000, 0, -10, 5300000), **profile) as dst:
-        dst.write(image)
-    return str(path)
+    return str(rasters.write_geotiff(path, image, rasterio.Affine(10, 0, 600000, 0, -10, 5300000), nodata=0))
 
 
 def test_pipelined_engine_writes_what_the_plain_pass_computes(package, tmp_path):

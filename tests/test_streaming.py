@@ -28,29 +28,14 @@ from stacsr.io.sink import CogTarget, DiskSpaceError, SinkSpec, check_disk
 from stacsr.io.source import ArraySource, file_source, reflect_index
 from stacsr.io.write import cog_from_file
 from stacsr.model import package as M
+from tests.fixtures import rasters
 from tests.fixtures import scenes as SC
 
 GRID = Affine(10, 0, 600000, 0, -10, 5300000)
 
 
 def write_tif(path: Path, data: np.ndarray, **extra) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs="EPSG:32632",
-        transform=GRID,
-        tiled=True,
-        blockxsize=16,
-        blockysize=16,
-        **extra,
-    ) as dst:
-        dst.write(data)
-    return path
+    return rasters.write_geotiff(path, data, GRID, tiled=True, blockxsize=16, blockysize=16, **extra)
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 7, 50])

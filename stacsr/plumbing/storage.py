@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 from stacsr.plumbing.redaction import first_line, redact
@@ -151,20 +151,30 @@ def atomic_output(uri: str | os.PathLike, filesystem: Any = None) -> Iterator[tu
             pass  # moved into place, or never written
 
 
-def put(local: str | Path, url: str) -> str:
-    """Place the finished local file ``local`` at ``url`` (a path or remote URL) atomically; returns ``url``."""
+def _write(url: str, fill: Callable[[BinaryIO], None]) -> str:
+    """Write ``url`` atomically, its content from ``fill(stream)``; a remote upload is retried whole."""
     if not is_remote(url):
-        with atomic_file(url) as tmp:
-            shutil.copyfile(local, tmp)
+        with atomic_file(url) as tmp, open(tmp, "wb") as dst:
+            fill(dst)
         return url
     with atomic_output(url) as (fs_, tmp):
 
         def upload() -> None:
-            with open(local, "rb") as src, fs_.open_output_stream(tmp) as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
+            with fs_.open_output_stream(tmp) as dst:
+                fill(dst)
 
         retried(f"upload of {redact(url)}", upload)
     return url
+
+
+def put(local: str | Path, url: str) -> str:
+    """Place the finished local file ``local`` at ``url`` (a path or remote URL) atomically; returns ``url``."""
+
+    def copy(dst: BinaryIO) -> None:
+        with open(local, "rb") as src:
+            shutil.copyfileobj(src, dst, 8 << 20)
+
+    return _write(url, copy)
 
 
 def exists(url: str) -> bool:
@@ -178,18 +188,7 @@ def exists(url: str) -> bool:
 
 def write_bytes(url: str, data: bytes) -> str:
     """Write a small file (a run report, an item) atomically at ``url``."""
-    if not is_remote(url):
-        with atomic_file(url) as tmp:
-            tmp.write_bytes(data)
-        return url
-    with atomic_output(url) as (fs_, tmp):
-
-        def upload() -> None:
-            with fs_.open_output_stream(tmp) as dst:
-                dst.write(data)
-
-        retried(f"upload of {redact(url)}", upload)
-    return url
+    return _write(url, lambda dst: dst.write(data))
 
 
 def write_text(url: str, text: str) -> str:
