@@ -130,7 +130,7 @@ def test_check_disk_counts_intermediates_and_cogs(tmp_path):
     huge = SinkSpec(GeoBox((10**7, 10**7), grid.affine, grid.crs), (0, 0), 4, spec.targets)
     with pytest.raises(
         DiskSpaceError,
-        match=r"not enough free disk space in .*: this item needs about 1,400,000.0 GB, [0-9,.]+ GB are free",
+        match=r"not enough free disk space in .*: this item needs about 1,666,666.7 GB, [0-9,.]+ GB are free",
     ):
         check_disk(huge)
 

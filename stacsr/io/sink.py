@@ -1,7 +1,8 @@
 """Where tile outputs go: a tiled GeoTIFF on local disk, written as tiles arrive, then made into COGs.
 
-    tiles (any order) → one uncompressed tiled BigTIFF per output COG, in a scratch folder
-    → :func:`stacsr.io.write.cog_from_file` (GDAL's COG driver: overviews from disk, all cores compressing)
+    tiles (any order) → one uncompressed tiled BigTIFF per output COG, in a scratch folder, and its overview
+      levels averaged down from each tile as it arrives (:mod:`stacsr.io.overviews`)
+    → :func:`stacsr.io.write.cog_from_file` (GDAL's COG driver takes that pyramid; all cores compressing)
     → the COG's final place: renamed into a local folder, or uploaded under a temporary key and moved
 
 Memory is what GDAL's bounded block cache and the tiles in hand hold, whatever the size of the output. A
@@ -13,6 +14,7 @@ folder (hidden, ``.stacsr-*``) is removed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -28,6 +30,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
 from stacsr.io.grid import GeoBox, Window, crop_to_own
+from stacsr.io.overviews import Pyramid, aligned_levels, factors
 from stacsr.io.units import REFLECTANCE_SCALE
 from stacsr.io.write import BLOCKSIZE, WriteError, cog_from_file, describe, raster_profile
 from stacsr.plumbing import storage
@@ -35,6 +38,7 @@ from stacsr.plumbing.redaction import first_line, redact
 
 SCRATCH_ENV = "STACSR_SCRATCH"  # where intermediates go when outputs are remote (default: the system's temp)
 COG_FRACTION = 0.75  # a deflated COG with overviews, as a share of the raw pixels (≈ 0.3–0.4 measured; margin)
+PYRAMID_FRACTION = 1 / 3  # the overview levels' intermediates, as a share of the full resolution's (¼ + ¹⁄₁₆ + …)
 
 
 class DiskSpaceError(OSError):
@@ -91,7 +95,8 @@ def _existing(path: Path) -> Path:
 
 def check_disk(spec: SinkSpec) -> None:
     """Refuse to start an item whose intermediates and COGs cannot fit on their disks (estimated from the
-    raw size: intermediates are uncompressed; a COG is taken at :data:`COG_FRACTION` of raw)."""
+    raw size: intermediates and their overview levels are uncompressed; a COG is taken at
+    :data:`COG_FRACTION` of raw)."""
     need: dict[int, tuple[Path, float]] = {}
 
     def add(folder: Path, nbytes: float) -> None:
@@ -100,7 +105,7 @@ def check_disk(spec: SinkSpec) -> None:
         need[dev] = (need.get(dev, (folder, 0.0))[0], need.get(dev, (folder, 0.0))[1] + nbytes)
 
     per_layer = spec.raw_bytes / max(1, sum(len(t.layers) for t in spec.targets))
-    add(scratch_folder(spec), spec.raw_bytes)
+    add(scratch_folder(spec), spec.raw_bytes * (1 + PYRAMID_FRACTION))
     for t in spec.targets:
         cog = per_layer * len(t.layers) * COG_FRACTION
         add(scratch_folder(spec) if storage.is_remote(t.url) else Path(t.url).parent, cog)
@@ -130,16 +135,17 @@ class TileSink:
         self.valid = False  # any valid (non-zero) output pixel seen
         self._stack = contextlib.ExitStack()
         self._folder: Path | None = None
-        self._files: list[Path] = []
         self._datasets: list = []
+        self._pyramids: list[Pyramid] = []
         self._lock = threading.Lock()  # a GDAL dataset is written by one thread at a time (a writer actor has several)
 
     def open(self) -> "TileSink":
-        """Check the disk and create the intermediates (one per target)."""
+        """Check the disk and create the intermediates (one per target, and its overview levels)."""
         check_disk(self.spec)
         folder = scratch_folder(self.spec)
         folder.mkdir(parents=True, exist_ok=True)
         self._folder = Path(tempfile.mkdtemp(prefix=".stacsr-", dir=folder))
+        levels, per_tile = factors(self.spec.grid.shape.yx, BLOCKSIZE), aligned_levels(self.spec.scale)
         for i, target in enumerate(self.spec.targets):
             path = self._folder / f"{i}.tif"
             profile = dict(
@@ -153,9 +159,11 @@ class TileSink:
             )
             with rasterio.Env(), _naming(target):  # an env of ours: the dataset owns none, any thread may close it
                 dataset = self._stack.enter_context(rasterio.open(path, "w", **profile))
+                pyramid = Pyramid(path, profile, levels, per_tile)
+            self._stack.callback(pyramid.close)
             describe(dataset, target.descriptions, REFLECTANCE_SCALE)
-            self._files.append(path)
             self._datasets.append(dataset)
+            self._pyramids.append(pyramid)
         return self
 
     def write(self, results: Sequence[tuple[Window, np.ndarray | None]]) -> int:
@@ -170,9 +178,11 @@ class TileSink:
             core, tile = crop_to_own(core, tile, self.spec.scale, self.spec.origin)
             w = self.spec.out_window(core)
             window = RioWindow(w.col, w.row, w.width, w.height)
-            for target, dataset in zip(self.spec.targets, self._datasets):
+            for target, dataset, pyramid in zip(self.spec.targets, self._datasets, self._pyramids):
+                layers = tile[list(target.layers)]
                 with _naming(target):
-                    dataset.write(tile[list(target.layers)], window=window)
+                    dataset.write(layers, window=window)
+                    pyramid.write(w, layers)
             self.valid = self.valid or bool(tile.any())
         return len(results)
 
@@ -187,20 +197,24 @@ class TileSink:
                 self._stack.close()
             if not self.valid:
                 return None
-            hrefs = {t.url: self._make(t, f, upload) for t, f in zip(self.spec.targets, self._files)}
+            hrefs = {t.url: self._make(t, p, upload) for t, p in zip(self.spec.targets, self._pyramids)}
             done = True
             return hrefs
         finally:
             if upload or not done:
                 self.abort()
 
-    def _make(self, target: CogTarget, intermediate: Path, upload: bool) -> str:
+    def _make(self, target: CogTarget, pyramid: Pyramid, upload: bool) -> str:
+        with rasterio.Env(), _naming(target):
+            pyramid.finish()
+        source = pyramid.vrt(pyramid.base.with_suffix(".vrt"), target.descriptions, REFLECTANCE_SCALE)
+        make = functools.partial(cog_from_file, source, compress=self.spec.compress, overviews="FORCE_USE_EXISTING")
         if not storage.is_remote(target.url):
-            href = str(cog_from_file(intermediate, target.url, self.spec.compress))
+            href = str(make(path=target.url))
         else:
-            local = cog_from_file(intermediate, intermediate.with_suffix(".cog.tif"), self.spec.compress)
+            local = make(path=pyramid.base.with_suffix(".cog.tif"))
             href = upload_one(local, target.url) if upload else str(local)
-        intermediate.unlink(missing_ok=True)
+        pyramid.remove()
         return href
 
     def abort(self) -> None:

@@ -30,13 +30,17 @@ class WriteError(OSError):
 # than level 6 for files about 20 % larger (make bench). Compression runs on all cores.
 LEVELS = {"deflate": 1, "zstd": 1}
 BLOCKSIZE = 512
-GDAL_WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}  # GDAL's block cache is bounded in stacsr/__init__.py
+# GDAL's block cache is bounded in stacsr/__init__.py. No GDAL debug messages while a COG is made: closing its
+# VRT source logs one while GDAL holds its dataset-list lock, and rasterio's log handler then waits for the GIL,
+# which another thread closing a dataset holds while it waits for that lock (a deadlock seen with CPL_DEBUG=ON).
+# In a thread other than the main one, rasterio sets this for the calling thread only.
+GDAL_WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS", "CPL_DEBUG": "OFF"}
 
 
-def cog_options(compress: str = "deflate") -> dict[str, str]:
+def cog_options(compress: str = "deflate", overviews: str = "AUTO") -> dict[str, str]:
     """Creation options of GDAL's COG driver: internal 512² tiles, predictor 2, averaged overviews down to one
-    tile, compression on all cores, and BigTIFF whenever the file could pass 4 GB (``IF_NEEDED`` never
-    makes one when compression is on)."""
+    tile (``overviews="FORCE_USE_EXISTING"``: the source's own, made beforehand), compression on all cores,
+    and BigTIFF whenever the file could pass 4 GB (``IF_NEEDED`` never makes one when compression is on)."""
     compress = compress.lower()
     options = {
         "COMPRESS": compress.upper(),
@@ -44,7 +48,7 @@ def cog_options(compress: str = "deflate") -> dict[str, str]:
         "BLOCKSIZE": str(BLOCKSIZE),
         "BIGTIFF": "IF_SAFER",
         "NUM_THREADS": "ALL_CPUS",
-        "OVERVIEWS": "AUTO",
+        "OVERVIEWS": overviews,
         "OVERVIEW_RESAMPLING": "AVERAGE",
     }
     if compress in LEVELS:
@@ -52,13 +56,14 @@ def cog_options(compress: str = "deflate") -> dict[str, str]:
     return options
 
 
-def cog_from_file(src: str | Path, path: str | Path, compress: str = "deflate") -> Path:
+def cog_from_file(src: str | Path, path: str | Path, compress: str = "deflate", overviews: str = "AUTO") -> Path:
     """Make the COG ``path`` from the raster file ``src`` (read block by block, never whole), atomically:
-    GDAL's COG driver builds the overviews in a temporary file beside ``path`` and writes the tiles."""
+    GDAL's COG driver builds the overviews in a temporary file beside ``path`` (or takes ``src``'s, see
+    :func:`cog_options`) and writes the tiles."""
     path = Path(path)
     try:
         with atomic_file(path) as tmp, rasterio.Env(**GDAL_WRITE_ENV):
-            rasterio.shutil.copy(str(src), str(tmp), driver="COG", **cog_options(compress))
+            rasterio.shutil.copy(str(src), str(tmp), driver="COG", **cog_options(compress, overviews))
     except (RasterioError, CPLE_BaseError, OSError) as e:  # disk full, file size limit, I/O error
         raise WriteError(f"cannot write {path}: {first_line(e)}") from None
     return path
