@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -137,6 +138,7 @@ class TileSink:
         self._folder: Path | None = None
         self._datasets: list = []
         self._pyramids: list[Pyramid] = []
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # a GDAL dataset is written by one thread at a time (a writer actor has several)
 
     def open(self) -> "TileSink":
@@ -164,6 +166,8 @@ class TileSink:
             describe(dataset, target.descriptions, REFLECTANCE_SCALE)
             self._datasets.append(dataset)
             self._pyramids.append(pyramid)
+        self._pool = ThreadPoolExecutor(len(self.spec.targets), thread_name_prefix="stacsr-band")
+        self._stack.callback(self._pool.shutdown)
         return self
 
     def write(self, results: Sequence[tuple[Window, np.ndarray | None]]) -> int:
@@ -177,14 +181,19 @@ class TileSink:
                 continue
             core, tile = crop_to_own(core, tile, self.spec.scale, self.spec.origin)
             w = self.spec.out_window(core)
-            window = RioWindow(w.col, w.row, w.width, w.height)
-            for target, dataset, pyramid in zip(self.spec.targets, self._datasets, self._pyramids):
-                layers = tile[list(target.layers)]
-                with _naming(target):
-                    dataset.write(layers, window=window)
-                    pyramid.write(w, layers)
+            n = len(self.spec.targets)
+            list(self._pool.map(self._put, range(n), [w] * n, [tile] * n))
             self.valid = self.valid or bool(tile.any())
         return len(results)
+
+    def _put(self, i: int, w: Window, tile: np.ndarray) -> None:
+        """Target ``i``'s layers of a tile into its intermediate and overview levels (targets in parallel:
+        one thread each, a dataset per target; the pixels' copy, averaging and GDAL's writes release the GIL)."""
+        target = self.spec.targets[i]
+        layers = tile[list(target.layers)]
+        with _naming(target):
+            self._datasets[i].write(layers, window=RioWindow(w.col, w.row, w.width, w.height))
+            self._pyramids[i].write(w, layers)
 
     def finish(self, upload: bool = True) -> dict[str, str] | None:
         """Make every COG and put it in place; returns ``{url: href}`` (``None`` when no pixel was valid: then
