@@ -46,7 +46,7 @@ faults: install-test
 	$(PY) -m pytest -q -m faults -p no:cacheprovider
 
 bench: install-test
-	$(PY) -m tests.bench && $(PY) -m tests.bench_scale && $(PY) -m tests.bench_tile && $(PY) -m tests.bench_precision \
+	$(PY) -m tests.bench && $(PY) -m tests.bench_scale && $(PY) -m tests.bench_tile && $(PY) -m tests.bench_sink && $(PY) -m tests.bench_precision \
 	  && $(PY) -m tests.bench_train && $(PY) -m tests.bench_batch
 
 clean:
