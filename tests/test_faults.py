@@ -441,6 +441,8 @@ def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tm
     r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert len(published()) == 2
+    hidden = [p.relative_to(out) for p in out.rglob(".*")]
+    assert hidden == []  # the killed run's scratch folder and half-written COG were removed by the re-run
     REPORT.append(
         {
             "fault": "SIGKILL of enhance after its first COG",

@@ -8,7 +8,8 @@
 Memory is what GDAL's bounded block cache and the tiles in hand hold, whatever the size of the output. A
 :class:`TileSink` lives in whichever process assembles an item (the caller's, or a Ray actor on the node
 that owns the output folder). A sink that does not finish leaves no file under a final name; its scratch
-folder (hidden, ``.stacsr-*``) is removed.
+folder (hidden, ``.stacsr-<host>-<pid>-*``) is removed, or, when the process was killed, by the next sink
+that opens beside it.
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ class TileSink:
         check_disk(self.spec)
         folder = scratch_folder(self.spec)
         folder.mkdir(parents=True, exist_ok=True)
-        self._folder = Path(tempfile.mkdtemp(prefix=".stacsr-", dir=folder))
+        for place in (folder, *folder.parents):  # a killed run's scratch: here, or where this folder did not exist yet
+            storage.remove_stale(place, ".stacsr-")
+        self._folder = Path(tempfile.mkdtemp(prefix=f".stacsr-{storage.owner_tag()}-", dir=folder))
         levels, per_tile = factors(self.spec.grid.shape.yx, BLOCKSIZE), aligned_levels(self.spec.scale)
         for i, target in enumerate(self.spec.targets):
             path = self._folder / f"{i}.tif"

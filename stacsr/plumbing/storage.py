@@ -6,13 +6,17 @@ instance roles; GOOGLE_APPLICATION_CREDENTIALS; AZURE_*), never from arguments.
 
 A file is written under a temporary name beside its final one (a hidden ``.…part`` file, or a ``.tmp-…`` key)
 and moved into place when complete, so a reader or a catalogue never sees half a file under a final name.
+Local temporary names carry their process's host and pid (:func:`owner_tag`), so that the next write beside
+them removes what a killed process left (:func:`remove_stale`).
 Transient failures (pyarrow's network errors are ``OSError``) are retried with :func:`stacsr.plumbing.retry.retry`.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -109,7 +113,8 @@ def atomic_file(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
     0600, so a tile server or another user can read what stacsr writes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    remove_stale(path.parent, f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -118,6 +123,35 @@ def atomic_file(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def owner_tag() -> str:
+    """``<host>-<pid>``, for the names of this process's temporary files and folders."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale(folder: Path, prefix: str) -> list[Path]:
+    """Delete the entries of ``folder`` named ``<prefix><host>-<pid>-…`` (see :func:`owner_tag`) that a process
+    of this host left when it was killed: its pid no longer runs. Other hosts' entries (a shared disk) and
+    those of running processes are left alone. Returns what was removed."""
+    host = socket.gethostname()
+    removed = []
+    for entry in folder.glob(f"{glob.escape(prefix + host)}-*"):
+        pid = entry.name[len(prefix + host) + 1 :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _umask() -> int:
