@@ -102,7 +102,7 @@ class Pyramid:
             return
         start = self.paths[self.per_tile - 1] if self.per_tile else self.base
         rest = start.with_suffix(".rest.tif")
-        options = {**cog_options(), "COMPRESS": "NONE", "OVERVIEWS": "AUTO"}
+        options = {k: v for k, v in cog_options().items() if k not in ("PREDICTOR", "LEVEL")} | {"COMPRESS": "NONE"}
         with rasterio.Env(**GDAL_WRITE_ENV):
             rasterio.shutil.copy(str(start), str(rest), driver="COG", **options)
         try:
