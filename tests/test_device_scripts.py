@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,17 @@ def test_gpu_check_dry_run_on_cpu():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "6 passed, 0 failed" in done.stdout and "FAIL" not in done.stdout
+
+
+def test_whole_tile_device_scripts_parse_and_name_what_exists():
+    """The prepared GPU-machine run (fetch the wheels here, run the benchmarks there): valid bash, and every
+    benchmark module and script it names is in the repository."""
+    for name in ("fetch_wheels.sh", "tile_bench.sh"):
+        script = ROOT / "tests" / "device" / name
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    text = (ROOT / "tests" / "device" / "tile_bench.sh").read_text()
+    modules = re.findall(r"python3 -m (tests\.\w+)", text)
+    assert modules == ["tests.bench_tile", "tests.bench_sink"]
+    assert all((ROOT / (m.replace(".", "/") + ".py")).is_file() for m in modules)
+    assert (ROOT / "tests" / "device" / "gpu_check.py").is_file() and "tests/device/gpu_check.py" in text
