@@ -1,8 +1,8 @@
 """In-process engine: the model runs in this process (``--no-ray``, one GPU node, tests).
 
-One item streams through three threads so that none waits on another: a reader reads the next batches of
-tiles while the model runs on this one, and a writer puts finished tiles into the item's sink; the model's
-device is never idle while tiles are read or written. The item's COGs are then made (compression and
+One item streams through threads so that none waits on another: readers read the next batches of tiles
+(their bands side by side) while the model runs on this one, and a writer puts finished tiles into the item's
+sink; the model's device is never idle while tiles are read or written. The item's COGs are then made (compression and
 overviews on all cores) by a finisher thread, while the caller goes on to the next item: :meth:`submit`.
 """
 
@@ -19,7 +19,7 @@ from stacsr.io.source import Source
 from stacsr.model.package import ModelPackage, Predictor
 from stacsr.plumbing.timing import Timings, timed
 
-READ_AHEAD = 2  # batches read before the model needs them
+READ_AHEAD = 2  # batches read before the model needs them, side by side (one reader thread each)
 WRITES_PENDING = 2  # model outputs waiting for the writer; the model waits beyond that (bounded memory)
 
 
@@ -63,7 +63,7 @@ class LocalEngine:
     def _stream(self, source: Source, cores: Sequence[Window], halo: int, sink: TileSink, progress) -> None:
         groups = deque(tiles.batches(cores, self.batch))
         with (
-            ThreadPoolExecutor(1, thread_name_prefix="stacsr-read") as reader,
+            ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="stacsr-read") as reader,
             ThreadPoolExecutor(1, thread_name_prefix="stacsr-write") as writer,
         ):
             reads = deque(

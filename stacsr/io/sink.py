@@ -15,7 +15,6 @@ that opens beside it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import tempfile
@@ -209,25 +208,35 @@ class TileSink:
                 self._stack.close()
             if not self.valid:
                 return None
-            hrefs = {t.url: self._make(t, p, upload) for t, p in zip(self.spec.targets, self._pyramids)}
+            hrefs = self._make_all(upload)
             done = True
             return hrefs
         finally:
             if upload or not done:
                 self.abort()
 
-    def _make(self, target: CogTarget, pyramid: Pyramid, upload: bool) -> str:
+    def _make_all(self, upload: bool) -> dict[str, str]:
+        """Every target's COG, made side by side (one thread each; GDAL compresses each on all cores), then
+        uploaded one after the other where the target is in object storage (``upload``)."""
+        targets = self.spec.targets
+        with ThreadPoolExecutor(len(targets), thread_name_prefix="stacsr-cog") as pool:
+            made = [pool.submit(self._make, t, p) for t, p in zip(targets, self._pyramids)]
+        paths = [m.result() for m in made]  # the first error, once every thread has stopped
+        return {
+            t.url: upload_one(path, t.url) if upload and storage.is_remote(t.url) else str(path)
+            for t, path in zip(targets, paths)
+        }
+
+    def _make(self, target: CogTarget, pyramid: Pyramid) -> Path:
+        """``target``'s COG from its intermediate and levels: in place, or in the scratch folder for object
+        storage; the intermediates are removed."""
         with rasterio.Env(), _naming(target):
             pyramid.finish()
         source = pyramid.vrt(pyramid.base.with_suffix(".vrt"), target.descriptions, REFLECTANCE_SCALE)
-        make = functools.partial(cog_from_file, source, compress=self.spec.compress, overviews="FORCE_USE_EXISTING")
-        if not storage.is_remote(target.url):
-            href = str(make(path=target.url))
-        else:
-            local = make(path=pyramid.base.with_suffix(".cog.tif"))
-            href = upload_one(local, target.url) if upload else str(local)
+        local = pyramid.base.with_suffix(".cog.tif") if storage.is_remote(target.url) else Path(target.url)
+        path = cog_from_file(source, local, compress=self.spec.compress, overviews="FORCE_USE_EXISTING")
         pyramid.remove()
-        return href
+        return path
 
     def abort(self) -> None:
         """Drop everything not yet in place (the intermediates and the scratch folder)."""

@@ -12,6 +12,7 @@ the AOI or the tile size, and two overlapping AOIs of one item agree where they 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
@@ -26,6 +27,10 @@ from stacsr.io.read import GDAL_ENV, ReadError, with_retries
 from stacsr.plumbing.redaction import first_line, redact
 
 SignFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+# A window's bands are read side by side: GDAL decodes (and, remotely, waits on HTTP) without the GIL. On a whole
+# tile on a 16-core GPU node, band after band, the reader thread was the slowest stage (README "Benchmarks").
+_BAND_READERS = ThreadPoolExecutor(8, thread_name_prefix="stacsr-band-read")
 
 
 class Radiometry(Protocol):
@@ -136,7 +141,9 @@ class RasterSource:
         return gather(source._read_block, self.shape, windows)
 
     def _read_block(self, window: Window) -> np.ndarray:
-        return np.stack([self._read_band(b, window) for b in self.layers])
+        if len(self.layers) == 1:
+            return self._read_band(self.layers[0], window)[None]
+        return np.stack(list(_BAND_READERS.map(lambda b: self._read_band(b, window), self.layers)))
 
     def _read_band(self, band: Band, window: Window) -> np.ndarray:
         try:

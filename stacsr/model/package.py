@@ -201,6 +201,10 @@ class Predictor:
         self.timings = timings
         self._cuda = self.device.type == "cuda"
         self._sync = torch.cuda.synchronize if self._cuda else None
+        if self._cuda and self.dtype is None:
+            # fp32 means fp32: PyTorch's default TF32 convolutions put CUDA up to 3 DN off the CPU, fp32 within 1
+            # (tests/device/gpu_check.py on an H200). A process-wide switch; the half precisions are unaffected.
+            torch.backends.cudnn.allow_tf32 = False
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """``(N, bands, h, w)`` uint16 → ``(N, bands, h·scale, w·scale)`` uint16."""
