@@ -134,6 +134,6 @@ def test_whole_tile_device_scripts_parse_and_name_what_exists():
         assert done.returncode == 0, done.stderr
     text = (ROOT / "tests" / "device" / "tile_bench.sh").read_text()
     modules = re.findall(r"python3 -m (tests\.\w+)", text)
-    assert modules == ["tests.bench_tile", "tests.bench_sink"]
+    assert set(modules) == {"tests.bench_tile", "tests.bench_sink"}
     assert all((ROOT / (m.replace(".", "/") + ".py")).is_file() for m in modules)
     assert (ROOT / "tests" / "device" / "gpu_check.py").is_file() and "tests/device/gpu_check.py" in text
