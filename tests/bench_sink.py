@@ -8,6 +8,7 @@ pixels/s of both together, and the peak RSS of this process.
 
     python -m tests.bench_sink                       # 4096², 8192² and 16384² outputs per band
     python -m tests.bench_sink --sizes 43920         # a whole Sentinel-2 tile (15.4 GB raw; disk!)
+    python -m tests.bench_sink --compress none       # the same without compression: what is not compression
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ def texture() -> np.ndarray:
     return np.clip(world + noise, 1, 65535).astype(np.uint16)
 
 
-def run(size: int, folder: Path, base: np.ndarray) -> dict:
+def run(size: int, folder: Path, base: np.ndarray, compress: str = "deflate") -> dict:
     from stacsr.io.grid import Window
     from stacsr.io.sink import CogTarget, SinkSpec, TileSink
 
     grid = GeoBox((size, size), Affine(2.5, 0, 600000, 0, -2.5, 5300000), "EPSG:32632")
     targets = tuple(CogTarget(str(folder / f"{b}.tif"), (i,), (b,)) for i, b in enumerate(BANDS))
-    sink = TileSink(SinkSpec(grid, (0, 0), 4, targets, scratch=str(folder))).open()
+    sink = TileSink(SinkSpec(grid, (0, 0), 4, targets, scratch=str(folder), compress=compress)).open()
     rss = RssSampler()
     start = time.perf_counter()
     step = TILE // 4  # input pixels per tile
@@ -58,6 +59,7 @@ def run(size: int, folder: Path, base: np.ndarray) -> dict:
     wall = time.perf_counter() - start
     return {
         "size": size,
+        "compress": compress,
         "tiles_s": round(tiles, 1),
         "finish_s": round(wall - tiles, 1),
         "px_s": round(4 * size**2 / wall),
@@ -68,12 +70,13 @@ def run(size: int, folder: Path, base: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--compress", default="deflate", help="the COGs' compression (deflate, zstd, none, …)")
     args = parser.parse_args()
     base = texture()
     for size in args.sizes:
         folder = Path(tempfile.mkdtemp(prefix="stacsr-bench-sink-"))
         try:
-            print(json.dumps(run(size, folder, base)), flush=True)
+            print(json.dumps(run(size, folder, base, args.compress)), flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

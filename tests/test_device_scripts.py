@@ -128,11 +128,11 @@ def test_gpu_check_dry_run_on_cpu():
 def test_whole_tile_device_scripts_parse_and_name_what_exists():
     """The prepared GPU-machine run (fetch the wheels here, run the benchmarks there): valid bash, and every
     benchmark module and script it names is in the repository."""
-    for name in ("fetch_wheels.sh", "tile_bench.sh"):
+    for name in ("fetch_wheels.sh", "tile_bench.sh", "tile_sizes.sh"):
         script = ROOT / "tests" / "device" / name
         done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-    text = (ROOT / "tests" / "device" / "tile_bench.sh").read_text()
+    text = "".join((ROOT / "tests" / "device" / n).read_text() for n in ("tile_bench.sh", "tile_sizes.sh"))
     modules = re.findall(r"python3 -m (tests\.\w+)", text)
     assert set(modules) == {"tests.bench_tile", "tests.bench_sink"}
     assert all((ROOT / (m.replace(".", "/") + ".py")).is_file() for m in modules)
