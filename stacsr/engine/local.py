@@ -20,7 +20,10 @@ from stacsr.model.package import ModelPackage, Predictor
 from stacsr.plumbing.timing import Timings, timed
 
 READ_AHEAD = 2  # batches read before the model needs them, side by side (one reader thread each)
-WRITES_PENDING = 2  # model outputs waiting for the writer; the model waits beyond that (bounded memory)
+# Model outputs waiting for the writer; the model waits beyond that. With the one being written, at most
+# WRITES_PENDING + 1 output batches exist at once, in pinned host memory on a GPU (PyTorch's pinned-memory cache
+# rounds each up to a power of two): what bounds the GPU path's host memory, whatever the area.
+WRITES_PENDING = 2
 
 
 class LocalEngine:
@@ -76,6 +79,7 @@ class LocalEngine:
                     reads.append(reader.submit(self._read, source, groups.popleft(), halo))
                 output = self.predict.launch(batch.stack) if batch.run else None
                 writes.append(writer.submit(self._write, sink, batch, output, halo, progress))
+                del batch, output  # the writer's now: the next launch must not find this output still held here
                 while len(writes) > WRITES_PENDING:
                     writes.popleft().result()
             for done in writes:
