@@ -1,9 +1,10 @@
 """In-process engine: the model runs in this process (``--no-ray``, one GPU node, tests).
 
 One item streams through threads so that none waits on another: readers read the next batches of tiles
-(their bands side by side) while the model runs on this one, and a writer puts finished tiles into the item's
-sink; the model's device is never idle while tiles are read or written. The item's COGs are then made (compression and
-overviews on all cores) by a finisher thread, while the caller goes on to the next item: :meth:`submit`.
+(their bands side by side) while the model runs on this one, and a writer puts finished tiles into the
+item's sink; the model's device is never idle while tiles are read or written. The item's COGs are then
+made (side by side, compression on all cores) by a finisher thread, while the caller goes on to the next
+item: :meth:`submit`.
 """
 
 from __future__ import annotations

@@ -141,8 +141,6 @@ class RasterSource:
         return gather(source._read_block, self.shape, windows)
 
     def _read_block(self, window: Window) -> np.ndarray:
-        if len(self.layers) == 1:
-            return self._read_band(self.layers[0], window)[None]
         return np.stack(list(_BAND_READERS.map(lambda b: self._read_band(b, window), self.layers)))
 
     def _read_band(self, band: Band, window: Window) -> np.ndarray:
