@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +39,40 @@ def identical(a: Path, b: Path) -> bool:
 
 
 class RemoveNode:
-    """Progress that removes a cluster node after ``after`` tiles."""
+    """Progress that removes a cluster node after ``after`` tiles (once: items in flight call it from several
+    threads)."""
 
     def __init__(self, cluster, node, after: int) -> None:
         self.cluster, self.node, self.after, self.seen, self.removed = cluster, node, after, 0, False
+        self._lock = threading.Lock()
 
     def item(self, item_id: str, tiles: int) -> None: ...
 
     def advance(self, n: int = 1) -> None:
-        self.seen += n
-        if not self.removed and self.seen >= self.after:
-            self.cluster.remove_node(self.node)
-            self.removed = True
+        with self._lock:
+            self.seen += n
+            if not self.removed and self.seen >= self.after:
+                self.cluster.remove_node(self.node)
+                self.removed = True
 
 
 def main(out: Path, stac_url: str, collection: str, bbox: list[float]) -> None:
     import ray
     from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 << 20})
+    worker = cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        result = run_checks(cluster, worker, out, stac_url, collection, bbox)
+    finally:  # a failed check must not leave its cluster for the next test's `ray.init` to join
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps(result))  # last: the cluster's shutdown prints too
+
+
+def run_checks(cluster, worker, out: Path, stac_url: str, collection: str, bbox: list[float]) -> dict:
+    import ray
 
     from stacsr import demo, pipeline
     from stacsr.batch import run as B
@@ -63,9 +81,6 @@ def main(out: Path, stac_url: str, collection: str, bbox: list[float]) -> None:
     from stacsr.engine import LocalEngine, RayEngine
     from stacsr.model import package as M
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 << 20})
-    worker = cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
-    ray.init(address=cluster.address, log_to_driver=False)
     package = M.load("default")
     local = LocalEngine(package)
     engine = RayEngine(package, actors=2)
@@ -111,9 +126,7 @@ def main(out: Path, stac_url: str, collection: str, bbox: list[float]) -> None:
     result["lost_node_identical"] = identical(out / "enhance-lost-node", out / "enhance-local")
     result["nodes_after"] = len({n["NodeID"] for n in ray.nodes() if n["Alive"]})
     engine.close()
-    ray.shutdown()
-    cluster.shutdown()
-    print(json.dumps(result))
+    return result
 
 
 def _per_node(where: list[tuple[str, int]]) -> dict[str, int]:
