@@ -27,7 +27,7 @@ from stacsr import tiles
 from stacsr.catalog import publish, radiometry
 from stacsr.catalog.items import ModelRef, build_item, output_names
 from stacsr.catalog.presets import Preset
-from stacsr.engine import Engine, LocalEngine, RayEngine
+from stacsr.engine import Engine, LocalEngine, RayEngine, RunResult, RunStats
 from stacsr.io.grid import GeoBox, GridError, Window, area_km2, crop, zoom_in
 from stacsr.io.grid import item_window as grid_item_window
 from stacsr.io.sink import CogTarget, SinkSpec
@@ -48,9 +48,10 @@ class InputError(ValueError):
 
 
 class Progress:
-    """Receives progress events; the CLI renders them, the default ignores them."""
+    """Receives progress events; the CLI renders them, the default ignores them. :meth:`item` may return the
+    item's own receiver of :meth:`advance` (items in flight at once each advance their own bar)."""
 
-    def item(self, item_id: str, tiles: int) -> None: ...
+    def item(self, item_id: str, tiles: int) -> "Progress | None": ...
 
     def advance(self, n: int = 1) -> None: ...
 
@@ -88,17 +89,30 @@ class Report:
 
 def make_engine(
     package: ModelPackage,
-    use_ray: bool = True,
+    use_ray: bool | None = None,
     address: str | None = None,
-    actors: int | None = None,
-    gpus_per_actor: float = 0,
+    gpus_per_item: float = 0,
+    cpus_per_item: int | None = None,
     precision: str = "fp32",
+    items_in_flight: int | None = None,
 ) -> Engine:
-    """A Ray actor pool (local Ray started when ``address`` is None) or, with ``use_ray=False``, in-process.
+    """Where items run. In this process unless Ray is asked for: ``use_ray=True`` (a local Ray is started when
+    there is no cluster to join), an ``address``, or ``$RAY_ADDRESS`` (as under ``ray job submit``) with
+    ``use_ray`` left None. On Ray, each item runs on one node (:class:`stacsr.engine.RayEngine`).
     ``precision``: ``fp32`` (exact), ``fp16`` or ``bf16`` (README, "Half precision")."""
+    if use_ray is None:
+        use_ray = bool(address or os.environ.get("RAY_ADDRESS"))
     if not use_ray:
-        return LocalEngine(package, precision=precision)
-    return RayEngine(package, address=address, actors=actors, gpus_per_actor=gpus_per_actor, precision=precision)
+        device = "cuda" if gpus_per_item else None
+        return LocalEngine(package, device=device, precision=precision, threads=cpus_per_item)
+    return RayEngine(
+        package,
+        address=address,
+        gpus_per_item=gpus_per_item,
+        cpus_per_item=cpus_per_item,
+        items_in_flight=items_in_flight,
+        precision=precision,
+    )
 
 
 def super_resolve(
@@ -216,21 +230,22 @@ def submit_run(
     compress: str = "deflate",
     progress: Progress | None = None,
     label: str = "",
-) -> Future[dict[str, str] | None]:
+) -> Future[RunResult]:
     """Super-resolve ``window`` of ``source`` into the COGs ``targets``, tile by tile through the engine's sink;
-    returns once the tiles are done (the COGs are made in the background) a future of ``{url: href}``, or of
-    None when the window holds no valid pixel (nothing is written then)."""
+    returns as soon as the engine lets go (in-process: the tiles done, the COGs made in the background) a
+    future of the :class:`RunResult` (hrefs None when the window holds no valid pixel: nothing is written)."""
     check_band_count(source.bands, package)
     scale = package.card.scale
     cores = [c.shift(window.row, window.col) for c in tiles.plan(window.shape, tile_size)]
     grid = zoom_in(crop(source.grid, window), scale)
     sink = SinkSpec(grid, (window.row, window.col), scale, tuple(targets), compress)
-    (progress or Progress()).item(label, len(cores))
+    progress = progress or Progress()
+    progress = progress.item(label, len(cores)) or progress
     return engine.submit(source, cores, package.receptive_radius, sink, progress)
 
 
-def run_item(*args: Any, **kwargs: Any) -> dict[str, str] | None:
-    """:func:`submit_run`, waiting for the COGs: ``{url: href}``, or None when no pixel was valid."""
+def run_item(*args: Any, **kwargs: Any) -> RunResult:
+    """:func:`submit_run`, waiting for the COGs."""
     return submit_run(*args, **kwargs).result()
 
 
@@ -253,6 +268,7 @@ class ItemResult:
     tiles: int
     output_pixels: int
     km2: float
+    stats: RunStats = field(default_factory=RunStats)  # where it ran, seconds per stage, bytes read and written
 
 
 def submit_item(
@@ -278,12 +294,16 @@ def submit_item(
     grid = zoom_in(job.grid, package.card.scale)
     model = model or model_ref(package, root)
 
-    def result(hrefs: dict[str, str] | None) -> ItemResult:
+    def result(run: RunResult) -> ItemResult:
         done = ItemResult(
-            None, len(tiles.plan(job.window.shape, tile_size)), int(np.prod(grid.shape.yx)), area_km2(job.grid)
+            None,
+            len(tiles.plan(job.window.shape, tile_size)),
+            int(np.prod(grid.shape.yx)),
+            area_km2(job.grid),
+            run.stats,
         )
-        if hrefs is not None:
-            files = {t.descriptions[0]: hrefs[t.url] for t in targets}
+        if run.hrefs is not None:
+            files = {t.descriptions[0]: run.hrefs[t.url] for t in targets}
             done.item = build_item(job.item, grid, files, model, item_id, source_href=self_href(job.item))
         return done
 
@@ -323,7 +343,8 @@ def enhance(
     """Super-resolve the AOI of each item and publish the outputs as a static STAC catalogue in ``out``.
 
     One output per source item, in the order given (least cloudy first from :func:`catalog.search.search`);
-    an item's tiles run while the previous item's COGs are made. Each item is published, in order, as soon as
+    an item's tiles run while the previous item's COGs are made (on Ray: as many items at once as the
+    engine's ``items_at_once``, one per node). Each item is published, in order, as soon as
     its COGs are complete, so a failure part-way keeps the items already done (complete and valid) and
     writes nothing for the failing one. Items whose window is all nodata are
     skipped; if every item is, nothing is written and an error is raised.
@@ -331,6 +352,7 @@ def enhance(
     jobs = plan_jobs(items, preset, package.card.bands, bbox)
     created = not Path(out).exists()
     out = check_writable(out)
+    engine.check_output(str(out))
     report, start = Report(), time.perf_counter()
     model = model_ref(package, out)
     pending: deque[tuple[Job, str, Future[ItemResult]]] = deque()
@@ -355,7 +377,7 @@ def enhance(
                 job, preset, out, collection_id, item_id, package, engine, tile_size, compress, progress, model
             )
             pending.append((job, collection_id, future))
-            while len(pending) > 1:
+            while len(pending) > engine.items_at_once:
                 publish_next()
         while pending:
             publish_next()
@@ -421,15 +443,14 @@ def sr_file(
     dst = Path(dst)
     check_not_input(src, dst)
     check_writable(dst.parent if str(dst.parent) else ".")
+    engine.check_output(str(dst.absolute().parent))
     source, descriptions = file_source(src)
     check_band_count(source.bands, package)  # before the progress bar starts
     names = tuple(d or b for d, b in zip(descriptions, package.card.bands))
     target = CogTarget(str(dst.absolute()), tuple(range(source.bands)), names)
     window = Window(0, 0, *source.shape)
-    if (
-        run_item(source, window, [target], package, engine, tile_size, compress, progress, os.path.basename(src))
-        is None
-    ):
+    run = run_item(source, window, [target], package, engine, tile_size, compress, progress, os.path.basename(src))
+    if run.hrefs is None:
         raise InputError(f"{src} is all nodata (0)")
     return Report(
         items=[str(dst)],

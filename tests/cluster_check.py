@@ -1,13 +1,16 @@
-"""Run by ``tests/test_cluster.py`` in a process of its own: stacsr on a two-node Ray cluster on this machine.
+"""Run by ``tests/test_cluster.py`` in a process of its own: ``stacsr batch`` on a three-node Ray cluster.
 
-``ray.cluster_utils.Cluster`` starts a head node (2 CPUs) and a worker node (1 CPU), each with its own raylet
-and object store, so tile outputs really move between nodes. Tile actors are spread over both nodes. Then:
+``ray.cluster_utils.Cluster`` starts a head node with no CPU (nothing can run there: it holds the driver only)
+and two worker nodes of one CPU each, each with its own raylet, object store and scratch folder
+(``STACSR_SCRATCH`` in the node's environment). Outputs go to the moto S3 server and items are published to the
+pgstac STAC API (both from the environment / command line). Then:
 
-1. ``enhance`` of the demo catalogue on the cluster, and in-process: the COGs must be bit-identical and both
-   nodes must have run tiles;
-2. ``batch`` over the STAC API given on the command line, on the cluster (two items in flight) and
-   in-process: bit-identical COGs, tiles on both nodes;
-3. ``enhance`` again, with the worker node removed after a few tile batches: it completes, identical.
+1. ``batch`` of two items, two in flight, on the cluster: each item runs on one worker node (read, tiles, COGs,
+   upload), the two on different nodes at the same time; every argument sent to a task is inspected for the
+   storage credentials (they must come from the nodes' environment, never from the driver);
+2. the same ``batch`` in-process: bit-identical COGs;
+3. ``batch`` again, one item at a time, with the worker node that runs the first item removed while that item is
+   in flight: it completes on the other node, identical, published once.
 
 Prints one JSON object (what the test asserts on). Usage: ``cluster_check.py OUT STAC_URL COLLECTION BBOX_JSON``.
 """
@@ -15,66 +18,66 @@ Prints one JSON object (what the test asserts on). Usage: ``cluster_check.py OUT
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
-import rasterio
-
-
-def cogs(folder: Path) -> dict[str, np.ndarray]:
-    found = {}
-    for path in sorted(folder.rglob("*.tif")):
-        if "source" in path.parts:
-            continue
-        with rasterio.open(path) as src:
-            found[str(path.relative_to(folder))] = src.read()
-    return found
-
-
-def identical(a: Path, b: Path) -> bool:
-    ca, cb = cogs(a), cogs(b)
-    return bool(ca) and ca.keys() == cb.keys() and all(np.array_equal(ca[k], cb[k]) for k in ca)
-
-
-class RemoveNode:
-    """Progress that removes a cluster node after ``after`` tiles (once: items in flight call it from several
-    threads)."""
-
-    def __init__(self, cluster, node, after: int) -> None:
-        self.cluster, self.node, self.after, self.seen, self.removed = cluster, node, after, 0, False
-        self._lock = threading.Lock()
-
-    def item(self, item_id: str, tiles: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None:
-        with self._lock:
-            self.seen += n
-            if not self.removed and self.seen >= self.after:
-                self.cluster.remove_node(self.node)
-                self.removed = True
 
 
 def main(out: Path, stac_url: str, collection: str, bbox: list[float]) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 << 20})
-    worker = cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 150 << 20})
+    workers = {}
+    for name in ("a", "b"):
+        scratch = out / f"scratch-{name}"
+        scratch.mkdir(parents=True)
+        node = cluster.add_node(num_cpus=1, object_store_memory=150 << 20, env_vars={"STACSR_SCRATCH": str(scratch)})
+        workers[node.node_id] = (node, scratch)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        result = run_checks(cluster, worker, out, stac_url, collection, bbox)
+        result = run_checks(cluster, workers, out, stac_url, collection, bbox)
     finally:  # a failed check must not leave its cluster for the next test's `ray.init` to join
         ray.shutdown()
         cluster.shutdown()
     print(json.dumps(result))  # last: the cluster's shutdown prints too
 
 
-def run_checks(cluster, worker, out: Path, stac_url: str, collection: str, bbox: list[float]) -> dict:
+class Recorder:
+    """Wraps an engine: keeps every item's :class:`RunResult` and the bytes of every task's arguments."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.runs, self.sent = engine, [], []
+        task_args = engine.task_args
+
+        def recorded(*args):
+            import ray.cloudpickle
+
+            sent = task_args(*args)
+            self.sent.append(ray.cloudpickle.dumps(sent[1:]))  # all but the model's reference
+            return sent
+
+        engine.task_args = recorded
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def submit(self, *args, **kwargs):
+        future = self.engine.submit(*args, **kwargs)
+        future.add_done_callback(lambda f: f.exception() or self.runs.append(f.result()))
+        return future
+
+    def run(self, *args, **kwargs):
+        return self.submit(*args, **kwargs).result()
+
+
+def run_checks(cluster, workers, out: Path, stac_url: str, collection: str, bbox: list[float]) -> dict:
     import ray
 
-    from stacsr import demo, pipeline
     from stacsr.batch import run as B
     from stacsr.batch import spec as J
     from stacsr.catalog.presets import resolve
@@ -82,18 +85,11 @@ def run_checks(cluster, worker, out: Path, stac_url: str, collection: str, bbox:
     from stacsr.model import package as M
 
     package = M.load("default")
-    local = LocalEngine(package)
-    engine = RayEngine(package, actors=2)
-    result: dict = {"nodes": len({n["NodeID"] for n in ray.nodes() if n["Alive"]})}
+    bucket = os.environ["STACSR_TEST_BUCKET"]
+    head = ray.get_runtime_context().get_node_id()
+    result: dict = {"nodes": len([n for n in ray.nodes() if n["Alive"]]), "workers": sorted(workers)}
 
-    items = demo.build_catalog(out / "source")
-    preset = demo.demo_preset()
-    pipeline.enhance(items, preset, demo.BBOX, out / "enhance-ray", package, engine, tile_size=64)
-    pipeline.enhance(items, preset, demo.BBOX, out / "enhance-local", package, local, tile_size=64)
-    result["enhance_identical"] = identical(out / "enhance-ray", out / "enhance-local")
-    result["enhance_tiles_per_node"] = sorted(_per_node(engine.where()).values())
-
-    def spec(name: str) -> J.JobSpec:
+    def spec(name: str, in_flight: int) -> J.JobSpec:
         return J.from_dict(
             {
                 "name": name,
@@ -102,38 +98,92 @@ def run_checks(cluster, worker, out: Path, stac_url: str, collection: str, bbox:
                 "stac_url": stac_url,
                 "collection": collection,
                 "best_per_tile": False,
-                "output": str(out / name),
-                "publish": {"catalog": str(out / name)},
-                "resources": {"tile_size": 64, "items_in_flight": 2},
+                "output": f"s3://{bucket}/{name}",
+                "publish": {"api": stac_url, "collection": f"{collection}-{name}"},
+                "resources": {"tile_size": 64, "items_in_flight": in_flight},
             }
         )
 
-    before = _per_node(engine.where())
-    job = spec("batch-ray")
-    ray_report = B.run(job, resolve(job.catalog, job.collection, job.bands, job.stac_url), package, engine)
-    after = _per_node(engine.where())
-    job = spec("batch-local")
-    local_report = B.run(job, resolve(job.catalog, job.collection, job.bands, job.stac_url), package, local)
-    result["batch_done"] = [ray_report.count("done"), local_report.count("done")]
-    result["batch_identical"] = identical(out / "batch-ray", out / "batch-local")
-    result["batch_tiles_per_node"] = sorted(after[n] - before.get(n, 0) for n in after)
+    def run(job: J.JobSpec, engine) -> dict:
+        return B.run(job, resolve(job.catalog, job.collection, job.bands, job.stac_url), package, engine).to_dict()
 
-    remover = RemoveNode(cluster, worker, after=4)
-    pipeline.enhance(
-        items, preset, demo.BBOX, out / "enhance-lost-node", package, engine, tile_size=64, progress=remover
-    )
-    result["node_removed"] = remover.removed
-    result["lost_node_identical"] = identical(out / "enhance-lost-node", out / "enhance-local")
-    result["nodes_after"] = len({n["NodeID"] for n in ray.nodes() if n["Alive"]})
-    engine.close()
+    # 1. two items, two at once, one per worker node
+    engine = Recorder(RayEngine(package, items_in_flight=2))
+    report = run(spec("cluster", 2), engine)
+    result["cluster_done"] = report["items"]["done"]
+    result["item_nodes"] = [r.stats.node.split()[-1] for r in engine.runs]
+    result["head"] = head
+    spans = [(r.stats.started, r.stats.finished) for r in engine.runs]
+    result["overlap"] = max(sum(s <= t < f for s, f in spans) for t, _ in spans) if spans else 0
+    result["report_nodes"] = [o.get("node") for o in report["outcomes"]]
+    secrets = [os.environ[k].encode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    result["tasks_inspected"] = len(engine.sent)
+    result["secret_sent"] = any(s in sent for sent in engine.sent for s in secrets)
+
+    # 2. the same in-process
+    run(spec("local", 2), LocalEngine(package))
+    result["identical"] = identical(bucket, "cluster", "local")
+
+    # 3. the node running the first item is lost mid-item
+    watcher = NodeLoss(cluster, workers)
+    watcher.start()
+    lost = Recorder(RayEngine(package, items_in_flight=1))
+    report = run(spec("lost", 1), lost)
+    watcher.join()
+    result["lost_node"] = watcher.removed
+    result["lost_done"] = report["items"]["done"]
+    result["lost_item_nodes"] = [r.stats.node.split()[-1] for r in lost.runs]
+    result["lost_identical"] = identical(bucket, "lost", "local")
+    result["lost_published"] = published(stac_url, f"{collection}-lost")
     return result
 
 
-def _per_node(where: list[tuple[str, int]]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for node, tiles in where:
-        totals[node] = totals.get(node, 0) + tiles
-    return totals
+class NodeLoss(threading.Thread):
+    """Removes the first worker node whose scratch folder gets an item's scratch (the item is in flight there)."""
+
+    def __init__(self, cluster, workers) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.workers, self.removed = cluster, workers, None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.removed is None:
+            for node_id, (node, scratch) in self.workers.items():
+                if any(p.name.startswith(".stacsr-") for p in scratch.iterdir()):
+                    time.sleep(0.3)  # a few tiles into the item
+                    self.cluster.remove_node(node)
+                    self.removed = node_id
+                    return
+            time.sleep(0.05)
+
+
+def cogs(bucket: str, prefix: str) -> dict[str, np.ndarray]:
+    import rasterio
+    from pyarrow import fs
+
+    from stacsr.plumbing.storage import open_fs
+
+    filesystem, root = open_fs(f"s3://{bucket}/{prefix}")
+    found = {}
+    for info in filesystem.get_file_info(fs.FileSelector(root, recursive=True)):
+        if info.path.endswith(".tif"):
+            with rasterio.open(f"s3://{info.path}") as src:
+                name = info.path[len(root) :].replace(f"-{prefix}/", "/")
+                found[name] = src.read()
+    return found
+
+
+def identical(bucket: str, a: str, b: str) -> bool:
+    ca, cb = cogs(bucket, a), cogs(bucket, b)
+    return bool(ca) and ca.keys() == cb.keys() and all(np.array_equal(ca[k], cb[k]) for k in ca)
+
+
+def published(stac_url: str, collection: str) -> list[str]:
+    import requests
+
+    r = requests.get(f"{stac_url}/collections/{collection}/items", params={"limit": 100}, timeout=30)
+    r.raise_for_status()
+    return sorted(f["id"] for f in r.json()["features"])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from stacsr.cli import app
 from stacsr.engine import LocalEngine, RayEngine
 from stacsr.model import package as M
 from tests.fixtures import scenes as SC
+from tests.fixtures.dying import DyingRayEngine
 from tests.fixtures.s3 import s3  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pystac-client: DoesNotConformTo SORT
@@ -139,7 +140,7 @@ def job(sources, pgstac, s3, monkeypatch, tmp_path) -> J.JobSpec:  # noqa: F811
             "model": "default",
             "output": f"s3://{s3.bucket()}/sr",
             "publish": {"api": pgstac.url, "collection": OUT_COLLECTION},
-            "resources": {"actors": 2, "tile_size": 64, "items_in_flight": 2},
+            "resources": {"tile_size": 64, "items_in_flight": 2},
         }
     )
     return spec
@@ -178,7 +179,7 @@ def read_s3(s3, url: str) -> np.ndarray:  # noqa: F811
 
 def test_batch_to_s3_and_transactions_api_is_idempotent(job, s3, pgstac, ray_local, tmp_path):  # noqa: F811
     package = M.load("default")
-    engine = RayEngine(package, actors=2)
+    engine = RayEngine(package)
     try:
         first = run(job, engine)
         after_first = objects(s3, job)
@@ -238,42 +239,18 @@ def preset_search(spec: J.JobSpec) -> list[dict]:
     return search(preset_of(spec), AOI)
 
 
-class KillingEngine:
-    """The Ray engine, with its first model actor killed (and restarted by Ray) after a few tile batches."""
-
-    def __init__(self, engine: RayEngine, after: int = 3) -> None:
-        self.engine, self.after, self.seen, self.killed = engine, after, 0, False
-
-    def advance(self, n: int = 1) -> None:
-        import ray
-
-        self.seen += n
-        if not self.killed and self.seen >= self.after:
-            ray.kill(self.engine._actors[0], no_restart=False)
-            self.killed = True
-
-    def run(self, source, cores, halo, sink, progress=None):
-        return self.engine.run(source, cores, halo, sink, self)
-
-    def submit(self, source, cores, halo, sink, progress=None):
-        return self.engine.submit(source, cores, halo, sink, self)
-
-
-def test_actor_killed_mid_batch_costs_nothing(job, s3, pgstac, ray_local):  # noqa: F811
+def test_a_worker_lost_mid_item_costs_nothing(job, s3, pgstac, ray_local, tmp_path):  # noqa: F811
+    """Each item's worker process dies once mid-item: every item runs again, identical, published once."""
     package = M.load("default")
     reference = replace(
         job, output=job.output + "-reference", publish=J.Publish(api=pgstac.url, collection=OUT_COLLECTION)
     )
-    engine = RayEngine(package, actors=2)
-    try:
-        killing = KillingEngine(engine)
-        faulty = run(job, killing)
-        hrefs = {i: it["assets"] for i, it in api_items(pgstac).items()}
-        pgstac.delete_items(OUT_COLLECTION)
-        clean = run(reference, engine)
-    finally:
-        engine.close()
-    assert killing.killed
+    engine = DyingRayEngine(package, tmp_path / "markers", after=3)
+    faulty = run(job, engine)
+    hrefs = {i: it["assets"] for i, it in api_items(pgstac).items()}
+    pgstac.delete_items(OUT_COLLECTION)
+    clean = run(reference, RayEngine(package))
+    assert engine.deaths() == 4  # every item lost its process once
     assert faulty.to_dict()["items"]["done"] == 4 and clean.to_dict()["items"]["done"] == 4
     now = api_items(pgstac)
     assert sorted(now) == sorted(hrefs), (sorted(now), sorted(hrefs))
@@ -395,7 +372,7 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
         "best_per_tile": False,
         "output": str(out),
         "publish": {"catalog": str(out)},
-        "resources": {"actors": 1, "tile_size": 64},
+        "resources": {"cpus_per_item": 1, "tile_size": 64},
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
     temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths live under it
@@ -447,7 +424,7 @@ def test_stacsr_batch_submitted_as_a_ray_job(sources, pgstac, tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", temp], check=False)
     assert status == JobStatus.SUCCEEDED, logs
-    assert "Ray, 1 actors" in logs
+    assert "Ray, one item per node (1 CPU each)" in logs  # $RAY_ADDRESS (set by the job) means Ray
     report = json.loads((out / "_runs" / "submitted" / "latest.json").read_text())
     assert report["ok"] and report["items"]["done"] == 4
     assert len(list(out.glob(f"{COLLECTION}-sr/*/*.tif"))) == 16

@@ -1,8 +1,10 @@
-"""stacsr on a Ray cluster of two nodes with separate object stores (``tests/cluster_check.py``, run in a
-process of its own so that its cluster does not meet the session's local Ray).
+"""``stacsr batch`` on a Ray cluster of three nodes with separate object stores (``tests/cluster_check.py``,
+run in a process of its own so that its cluster does not meet the session's local Ray).
 
-One ``enhance`` and one ``batch`` (two items in flight, STAC API search, static catalogue) run their tiles
-on both nodes and write COGs bit-identical to the in-process engine's; removing a node mid-run costs no tile.
+The head has no CPU, so items can only run on the two worker nodes. Outputs go to the moto S3 server, items are
+published to the pgstac STAC API. Each item runs on one node from read to upload, two at once on two nodes,
+with COGs bit-identical to the in-process engine's; no credential is sent to a task; a node lost mid-item
+costs nothing (the item runs again on the other node, identical, published once).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import scenes as SC
+from tests.fixtures.s3 import s3  # noqa: F401
 from tests.fixtures.services import RAY_TEST_ENV
 
 COLLECTION = "s2-cluster-test"
@@ -28,9 +31,10 @@ def sources(pgstac, blob_server):
 
 
 @pytest.mark.slow
-def test_enhance_and_batch_on_two_nodes(sources, pgstac, tmp_path):
+def test_batch_on_three_nodes_runs_each_item_on_one_node(sources, pgstac, s3, tmp_path):  # noqa: F811
     script = Path(__file__).with_name("cluster_check.py")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_TEST_ENV
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_TEST_ENV | s3.env
+    env["STACSR_TEST_BUCKET"] = s3.bucket()
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     r = subprocess.run(
         [sys.executable, str(script), str(tmp_path), pgstac.url, COLLECTION, json.dumps(list(AOI))],
@@ -41,9 +45,17 @@ def test_enhance_and_batch_on_two_nodes(sources, pgstac, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert result["nodes"] == 2
-    assert result["enhance_identical"] and result["batch_identical"]
-    assert len(result["enhance_tiles_per_node"]) == 2 and min(result["enhance_tiles_per_node"]) > 0, result
-    assert len(result["batch_tiles_per_node"]) == 2 and min(result["batch_tiles_per_node"]) > 0, result
-    assert result["batch_done"] == [2, 2]
-    assert result["node_removed"] and result["nodes_after"] == 1 and result["lost_node_identical"]
+    assert result["nodes"] == 3
+    workers = set(result["workers"])
+    # each item on one worker node, the two items on the two nodes, at the same time; none on the head
+    assert result["cluster_done"] == 2
+    assert set(result["item_nodes"]) == workers and result["head"] not in result["item_nodes"], result
+    assert result["overlap"] == 2, result
+    assert result["identical"]
+    # the storage credentials reached the nodes through their environment only
+    assert result["tasks_inspected"] == 2 and not result["secret_sent"]
+    # a node lost mid-item: the item ran again on the other node, identical, published once
+    assert result["lost_node"] in workers and result["lost_done"] == 2
+    assert result["lost_node"] not in result["lost_item_nodes"], result
+    assert result["lost_identical"]
+    assert len(result["lost_published"]) == 2 == len(set(result["lost_published"]))

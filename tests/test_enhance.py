@@ -363,8 +363,8 @@ def es_cli_run(pgstac, es_files, ray_local, tmp_path_factory) -> EsRun:
     args = ["enhance", "--catalog", "earth-search", "--stac-url", pgstac.url, "--bbox", *AOI_CORNER, "--tile-size", 32]
     SC.load(pgstac, es_files)
     try:
-        ray_result = cli(*args, "--out", base / "ray")
-        local_result = cli(*args, "--out", base / "local", "--no-ray")
+        ray_result = cli(*args, "--out", base / "ray", "--ray")
+        local_result = cli(*args, "--out", base / "local")  # in-process: the default without a cluster
     finally:
         pgstac.reset()
     return EsRun(es_files, ray_result, local_result, base / "ray", base / "local")
@@ -388,17 +388,17 @@ def test_cli_enhance_earth_search_with_ray(es_cli_run, ray_local):
     truth = SC.truth(SC.NEW, rows, cols)
     valid = (truth > 0).all(axis=0) & (source_dn(es_cli_run.scenes, SC.NEW, rows, cols) > 0).all(axis=0)
     assert abs(np.median((demo.block_mean(out, SCALE) - truth)[:, valid])) <= 2
-    # the tiles ran on actors in the session's Ray, which the CLI joined; they are gone afterwards
-    from ray.util.state import list_actors
+    # the item ran as one task in the session's Ray, which the CLI joined
+    from ray.util.state import list_tasks
 
     deadline = time.monotonic() + 15
     while True:
-        actors = list_actors(address=ray_local.dashboard_url, filters=[("class_name", "=", "_TileWorker")])
-        if (actors and all(a.state == "DEAD" for a in actors)) or time.monotonic() > deadline:
+        done = list_tasks(address=ray_local.dashboard_url, filters=[("name", "=", "run_item")])
+        if any(t.state == "FINISHED" for t in done) or time.monotonic() > deadline:
             break
         time.sleep(0.25)
-    assert actors, "no _TileWorker actor ran in the session's Ray"
-    assert all(a.state == "DEAD" for a in actors), [a.state for a in actors]
+    assert any(t.state == "FINISHED" for t in done), [t.state for t in done]
+    assert "Ray, one item per node" in r.stderr
 
 
 def test_cli_enhance_ray_and_no_ray_give_identical_pixels(es_cli_run):
@@ -513,20 +513,22 @@ def check_demo_folder(folder: Path) -> None:
         assert png.size == (3 * cols + 2 * 8, rows)  # input | bicubic | stacsr, 8-px gaps
 
 
-def test_demo_in_process(tmp_path):
-    r = cli("demo", "--out", tmp_path / "demo", "--no-ray")
+def test_demo_in_process(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    r = cli("demo", "--out", tmp_path / "demo")  # no cluster named: no Ray
     assert r.exit_code == 0, (r.stderr, r.exception)
     assert re.search(r"items written\s+2\b", r.stderr)
+    assert re.search(r"engine\s+in-process", r.stderr)
     check_demo_folder(tmp_path / "demo")
 
 
 @pytest.mark.slow
 def test_installed_console_script_runs_the_demo_with_ray(tmp_path):
-    """The real `stacsr` command in a fresh process, starting its own local Ray."""
+    """The real `stacsr` command in a fresh process, starting its own local Ray (``--ray``)."""
     assert STACSR.is_file()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [str(STACSR), "demo", "--out", str(tmp_path / "demo")],
+        [str(STACSR), "demo", "--out", str(tmp_path / "demo"), "--ray"],
         capture_output=True,
         text=True,
         env=env,
@@ -534,5 +536,6 @@ def test_installed_console_script_runs_the_demo_with_ray(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"engine\s+Ray, 2 actors", proc.stderr) and "items written" in proc.stderr
+    assert re.search(r"engine\s+Ray, one item per node \(2 CPU each\)", proc.stderr), proc.stderr
+    assert "items written" in proc.stderr
     check_demo_folder(tmp_path / "demo")

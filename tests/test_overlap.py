@@ -74,14 +74,14 @@ def test_pipelined_engine_writes_what_the_plain_pass_computes(package, tmp_path)
     assert set(timings.seconds) == {"read", "transfer", "model", "write", "cog"}
 
 
-def test_ray_actors_run_the_precision_asked_for(package, tmp_path, ray_local):
+def test_ray_items_run_the_precision_asked_for(package, tmp_path, ray_local):
     from stacsr.engine import RayEngine
 
     image = np.rint(demo.block_mean(demo.ground(seed=6), SCALE)).astype(np.uint16)[:, :96, :96]
     src = write_input(tmp_path / "in.tif", image)
     outputs = {}
     for name, engine in (
-        ("ray", RayEngine(package, actors=1, precision="bf16")),
+        ("ray", RayEngine(package, precision="bf16")),
         ("local", LocalEngine(package, precision="bf16")),
         ("fp32", LocalEngine(package)),
     ):

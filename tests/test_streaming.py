@@ -175,10 +175,10 @@ def test_sr_engines_write_identical_files(ray_local, tmp_path):
     package = M.load("default")
     pipeline.sr_file(str(src), tmp_path / "local.tif", package, LocalEngine(package), tile_size=32)
     blank = write_tif(tmp_path / "blank.tif", np.zeros((4, 40, 40), np.uint16))
-    engine = RayEngine(package, actors=2)
+    engine = RayEngine(package)
     try:
         pipeline.sr_file(str(src), tmp_path / "ray.tif", package, engine, tile_size=32)
-        with pytest.raises(pipeline.InputError, match="all nodata"):  # the writer actor says so; nothing is written
+        with pytest.raises(pipeline.InputError, match="all nodata"):  # the item's node says so; nothing is written
             pipeline.sr_file(str(blank), tmp_path / "blank-sr.tif", package, engine, tile_size=32)
     finally:
         engine.close()

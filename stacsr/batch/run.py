@@ -28,6 +28,7 @@ from stacsr.catalog.presets import Preset
 from stacsr.catalog.publish import ApiPublisher, item_folder, publish_model, publish_static
 from stacsr.catalog.search import best_per_tile, search
 from stacsr.engine import Engine, LocalEngine
+from stacsr.engine.ray_items import MAX_QUEUED
 from stacsr.model.package import ModelPackage
 from stacsr.pipeline import Job, item_window, model_ref, process_item
 from stacsr.plumbing import storage
@@ -223,7 +224,10 @@ def run(
     tasks = plan(spec, preset, window)
     log(f"{len(tasks)} item(s) over {len(spec.areas)} area(s), {window or 'any date'}")
     target = Target(spec, package)
-    workers = 1 if isinstance(engine, LocalEngine) else spec.resources.items_in_flight
+    engine.check_output(spec.output)  # a local output on a cluster: refused before any work unless every node sees it
+    workers = (
+        1 if isinstance(engine, LocalEngine) else min(max(1, len(tasks)), spec.resources.items_in_flight or MAX_QUEUED)
+    )
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stacsr-item") as pool:
         for outcome in pool.map(lambda t: process(t, spec, preset, package, engine, target), tasks):
             report.outcomes.append(outcome)

@@ -52,10 +52,12 @@ class Publish:
 
 @dataclass(frozen=True)
 class Resources:
-    actors: int | None = None  # model actors (None: one per CPU, or per GPU with gpus_per_actor)
-    gpus_per_actor: float = 0.0
+    """What each item asks of the node it runs on (on Ray, one item runs on one node), and how many run at once."""
+
+    gpus_per_item: float = 0.0  # 0: CPU; 0.5: two items share a 1-GPU node (one's COGs overlap the other's tiles)
+    cpus_per_item: int | None = None  # None: 1 with a GPU, else the cores of the cluster's smallest node
+    items_in_flight: int | None = None  # None: as many as the cluster's resources hold (grows with autoscaling)
     tile_size: int = 256
-    items_in_flight: int = 2  # items read, super-resolved and written at once: bounds memory
     precision: str = "fp32"  # the model's arithmetic: fp32 (exact), fp16 or bf16 (README, "Half precision")
 
 
@@ -142,10 +144,10 @@ def _check(spec: JobSpec) -> JobSpec:
     need(spec.max_cloud is None or 0 <= spec.max_cloud <= 100, "max_cloud: must lie in [0, 100]")
     need(spec.limit is None or spec.limit >= 1, "limit: must be ≥ 1")
     r = spec.resources
-    need(r.actors is None or r.actors >= 1, "resources.actors: must be ≥ 1")
-    need(r.gpus_per_actor >= 0, "resources.gpus_per_actor: must be ≥ 0")
+    need(r.gpus_per_item >= 0, "resources.gpus_per_item: must be ≥ 0")
+    need(r.cpus_per_item is None or r.cpus_per_item >= 1, "resources.cpus_per_item: must be ≥ 1")
     need(r.tile_size >= 16, "resources.tile_size: must be ≥ 16")
-    need(r.items_in_flight >= 1, "resources.items_in_flight: must be ≥ 1")
+    need(r.items_in_flight is None or r.items_in_flight >= 1, "resources.items_in_flight: must be ≥ 1")
     need(r.precision in ("fp32", "fp16", "bf16"), f"resources.precision: fp32, fp16 or bf16, not {r.precision!r}")
     need(spec.compress in ("deflate", "zstd"), f"compress: deflate or zstd, not {spec.compress!r}")
     try:

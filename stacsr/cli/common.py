@@ -32,10 +32,23 @@ DatetimeOpt = typer.Option(None, "--datetime", help="Date or interval, e.g. 2024
 CloudOpt = typer.Option(None, "--max-cloud", help="Maximum scene cloud cover, percent.")
 ModelOpt = typer.Option("default", "--model", help="Model package folder, or 'default' (the one shipped).")
 TileOpt = typer.Option(256, "--tile-size", min=16, max=4096, help="Input pixels per tile side (the halo comes on top).")
-NoRayOpt = typer.Option(False, "--no-ray", help="Run the model in this process (debugging).")
-AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default: start a local Ray).")
-ActorsOpt = typer.Option(None, "--actors", min=1, help="Model actors (default: one per CPU, or per GPU).")
-GpusOpt = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="GPUs per model actor (0 = CPU).")
+RayOpt = typer.Option(
+    False, "--ray", help="Run items on Ray: the cluster at --address or $RAY_ADDRESS, else a local Ray started here."
+)
+NoRayOpt = typer.Option(
+    False, "--no-ray", help="Run in this process even when $RAY_ADDRESS is set (the default without it)."
+)
+AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (implies --ray); default: $RAY_ADDRESS if set.")
+GpusOpt = typer.Option(
+    0.0,
+    "--gpus-per-item",
+    "--gpus-per-actor",
+    min=0.0,
+    help="GPUs per item (0 = CPU; on Ray 0.5 lets two items share one).",
+)
+CpusOpt = typer.Option(
+    None, "--cpus-per-item", min=1, help="CPU cores per item (default: all here; on Ray, 1 with a GPU, else a node's)."
+)
 PrecisionOpt = typer.Option(
     "fp32", "--precision", help="Model arithmetic: fp32 (exact), fp16 or bf16 (faster; see README, Half precision)."
 )
@@ -59,8 +72,19 @@ class RichProgress:
     def __init__(self, bar: Progress) -> None:
         self.bar, self.task = bar, None
 
-    def item(self, item_id: str, tiles: int) -> None:
+    def item(self, item_id: str, tiles: int) -> "ItemBar":
         self.task = self.bar.add_task(item_id, total=tiles)
+        return ItemBar(self.bar, self.task)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.advance(self.task, n)
+
+
+class ItemBar:
+    """One item's bar (several items may be in flight)."""
+
+    def __init__(self, bar: Progress, task) -> None:
+        self.bar, self.task = bar, task
 
     def advance(self, n: int = 1) -> None:
         self.bar.advance(self.task, n)
@@ -113,12 +137,23 @@ def preset_from(catalog: str, collection: Optional[str], bands: Optional[str], s
 
 @contextmanager
 def engine_for(
-    package, no_ray: bool, address: Optional[str], actors: Optional[int], gpus: float, precision: str = "fp32"
+    package,
+    ray: bool,
+    no_ray: bool,
+    address: Optional[str],
+    gpus: float = 0.0,
+    cpus: Optional[int] = None,
+    precision: str = "fp32",
+    items_in_flight: Optional[int] = None,
 ):
-    """The engine for a command, closed (Ray actors released) when the command ends."""
+    """The engine for a command: in this process, unless ``--ray``, ``--address`` or ``$RAY_ADDRESS`` ask for
+    Ray (``--no-ray`` wins); closed when the command ends."""
     from stacsr.pipeline import make_engine
 
-    engine = make_engine(package, not no_ray, address, actors, gpus, precision)
+    if ray and no_ray:
+        fail("--ray and --no-ray contradict each other: choose one")
+    use_ray = False if no_ray else (True if ray or address else None)
+    engine = make_engine(package, use_ray, address, gpus, cpus, precision, items_in_flight)
     try:
         yield engine
     finally:

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from stacsr.cli.common import (
-    ActorsOpt,
     AddressOpt,
     BandsOpt,
     BBoxOpt,
@@ -18,12 +17,14 @@ from stacsr.cli.common import (
     CollectionOpt,
     Compression,
     CompressOpt,
+    CpusOpt,
     DatetimeOpt,
     GpusOpt,
     ModelOpt,
     NoRayOpt,
     Precision,
     PrecisionOpt,
+    RayOpt,
     StacUrlOpt,
     TileOpt,
     app,
@@ -80,10 +81,11 @@ def enhance(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most items processed."),
     model: str = ModelOpt,
     tile_size: int = TileOpt,
+    ray: bool = RayOpt,
     no_ray: bool = NoRayOpt,
     address: Optional[str] = AddressOpt,
-    actors: Optional[int] = ActorsOpt,
-    gpus_per_actor: float = GpusOpt,
+    gpus_per_item: float = GpusOpt,
+    cpus_per_item: Optional[int] = CpusOpt,
     compress: Compression = CompressOpt,
     precision: Precision = PrecisionOpt,
 ) -> None:
@@ -98,7 +100,7 @@ def enhance(
         pipeline.plan_jobs(items, preset, package.card.bands, bbox)
         pipeline.check_writable(out_dir)
         with (
-            engine_for(package, no_ray, address, actors, gpus_per_actor, precision.value) as engine,
+            engine_for(package, ray, no_ray, address, gpus_per_item, cpus_per_item, precision.value) as engine,
             progress_bar() as progress,
         ):
             report = pipeline.enhance(
@@ -110,6 +112,7 @@ def enhance(
 @app.command()
 def batch(
     spec_path: Path = typer.Argument(..., help="Job spec (YAML, see jobs/examples/)."),
+    ray: bool = RayOpt,
     address: Optional[str] = AddressOpt,
     no_ray: bool = NoRayOpt,
 ) -> None:
@@ -128,7 +131,9 @@ def batch(
         if not spec.remote_output:
             check_writable(spec.output)
         res = spec.resources
-        with engine_for(package, no_ray, address, res.actors, res.gpus_per_actor, res.precision) as engine:
+        with engine_for(
+            package, ray, no_ray, address, res.gpus_per_item, res.cpus_per_item, res.precision, res.items_in_flight
+        ) as engine:
             report = batch_run.run(
                 spec, preset, package, engine, log=lambda m: console.print(m, highlight=False, soft_wrap=True)
             )
@@ -153,10 +158,11 @@ def sr(
     dst: Path = typer.Argument(..., help="Output COG."),
     model: str = ModelOpt,
     tile_size: int = TileOpt,
+    ray: bool = RayOpt,
     no_ray: bool = NoRayOpt,
     address: Optional[str] = AddressOpt,
-    actors: Optional[int] = ActorsOpt,
-    gpus_per_actor: float = GpusOpt,
+    gpus_per_item: float = GpusOpt,
+    cpus_per_item: Optional[int] = CpusOpt,
     compress: Compression = CompressOpt,
     precision: Precision = PrecisionOpt,
 ) -> None:
@@ -167,7 +173,7 @@ def sr(
     with errors():
         package = model_package.load(model)
         with (
-            engine_for(package, no_ray, address, actors, gpus_per_actor, precision.value) as engine,
+            engine_for(package, ray, no_ray, address, gpus_per_item, cpus_per_item, precision.value) as engine,
             progress_bar() as progress,
         ):
             report = pipeline.sr_file(src, dst, package, engine, tile_size, compress.value, progress)
@@ -179,6 +185,7 @@ def demo(
     out_dir: Path = typer.Option(Path("demo"), "--out", help="Output folder."),
     model: str = ModelOpt,
     tile_size: int = TileOpt,
+    ray: bool = RayOpt,
     no_ray: bool = NoRayOpt,
 ) -> None:
     """Run the whole enhance path offline on embedded sample data; writes side_by_side.png too."""
@@ -187,7 +194,7 @@ def demo(
 
     with errors():
         package = model_package.load(model)
-        with engine_for(package, no_ray, None, None, 0) as engine, progress_bar() as progress:
+        with engine_for(package, ray, no_ray, None) as engine, progress_bar() as progress:
             report = offline_demo.run(out_dir, package, engine, tile_size, progress)
         print_summary(report, "items written", engine)
         console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")

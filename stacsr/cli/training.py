@@ -17,6 +17,7 @@ from stacsr.cli.common import (
     DatetimeOpt,
     ModelOpt,
     NoRayOpt,
+    RayOpt,
     StacUrlOpt,
     TileOpt,
     app,
@@ -226,6 +227,7 @@ def evaluate(
     catalog: str = CatalogOpt,
     stac_url: Optional[str] = StacUrlOpt,
     tile_size: int = TileOpt,
+    ray: bool = RayOpt,
     no_ray: bool = NoRayOpt,
     address: Optional[str] = AddressOpt,
 ) -> None:
@@ -244,7 +246,7 @@ def evaluate(
             report.image_scenes(images, package)
         else:
             preset = preset_from(catalog, None, None, stac_url)
-        with engine_for(package, no_ray, address, None, 0) as engine:
+        with engine_for(package, ray, no_ray, address) as engine:
             if images is not None:
                 result = report.evaluate_images(
                     images, package, protocol, kinds, engine, out_dir, border, tile_size=tile_size

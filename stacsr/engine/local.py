@@ -9,11 +9,13 @@ item: :meth:`submit`.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 from stacsr import tiles
+from stacsr.engine.stats import RunResult, RunStats, node_name
 from stacsr.io.grid import Window
 from stacsr.io.sink import SinkSpec, TileSink
 from stacsr.io.source import Source
@@ -35,8 +37,9 @@ class LocalEngine:
         device: str | None = None,
         precision: str = "fp32",
         timings: Timings | None = None,
+        threads: int | None = None,
     ) -> None:
-        self.predict = Predictor(package, device=device, precision=precision, timings=timings)
+        self.predict = Predictor(package, device=device, threads=threads, precision=precision, timings=timings)
         self.scale = package.card.scale
         self.batch = batch
         self.timings = timings
@@ -46,23 +49,31 @@ class LocalEngine:
         for group in tiles.batches(cores, self.batch):
             yield from tiles.run_tiles(self.predict, source, group, halo, self.scale)
 
-    def run(
-        self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None
-    ) -> dict[str, str] | None:
+    def run(self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None) -> RunResult:
         return self.submit(source, cores, halo, sink, progress).result()
+
+    @property
+    def items_at_once(self) -> int:
+        return 1
+
+    def check_output(self, root: str) -> None:
+        """Any folder this process can write will do (nothing to check)."""
 
     def submit(
         self, source: Source, cores: Sequence[Window], halo: int, sink: SinkSpec, progress=None
-    ) -> Future[dict[str, str] | None]:
+    ) -> Future[RunResult]:
         """Run every tile into ``sink`` now (in this thread, the reader and the writer), then make its COGs in
-        the background; the future holds ``{url: href}`` (None when no pixel was valid)."""
+        the background; the future holds the :class:`RunResult` (hrefs None when no pixel was valid)."""
+        stats = RunStats(node=node_name(), started=time.time())
+        item = Timings()
         opened = TileSink(sink).open()
         try:
-            self._stream(source, cores, halo, opened, progress)
+            with item.stage("tiles"):
+                stats.bytes_read = self._stream(source, cores, halo, opened, progress) or 0
         except BaseException:
             opened.abort()
             raise
-        return self._finisher.submit(self._finish, opened)
+        return self._finisher.submit(self._finish, opened, stats, item)
 
     def _stream(self, source: Source, cores: Sequence[Window], halo: int, sink: TileSink, progress) -> None:
         groups = deque(tiles.batches(cores, self.batch))
@@ -97,9 +108,12 @@ class LocalEngine:
         if progress is not None:
             progress.advance(len(results))
 
-    def _finish(self, sink: TileSink) -> dict[str, str] | None:
-        with timed(self.timings, "cog"):
-            return sink.finish()
+    def _finish(self, sink: TileSink, stats: RunStats, item: Timings) -> RunResult:
+        with timed(self.timings, "cog"), item.stage("cog"):
+            hrefs = sink.finish()
+        stats.seconds = {k: round(v, 3) for k, v in item.seconds.items()}
+        stats.bytes_written, stats.finished = sink.bytes_written, time.time()
+        return RunResult(hrefs, stats)
 
     def __str__(self) -> str:
         return "in-process"

@@ -134,6 +134,7 @@ class TileSink:
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
         self.valid = False  # any valid (non-zero) output pixel seen
+        self.bytes_written = 0  # bytes of the COGs made (set by finish)
         self._stack = contextlib.ExitStack()
         self._folder: Path | None = None
         self._datasets: list = []
@@ -222,6 +223,7 @@ class TileSink:
         with ThreadPoolExecutor(len(targets), thread_name_prefix="stacsr-cog") as pool:
             made = [pool.submit(self._make, t, p) for t, p in zip(targets, self._pyramids)]
         paths = [m.result() for m in made]  # the first error, once every thread has stopped
+        self.bytes_written = sum(Path(p).stat().st_size for p in paths)
         return {
             t.url: upload_one(path, t.url) if upload and storage.is_remote(t.url) else str(path)
             for t, path in zip(targets, paths)
