@@ -4,9 +4,9 @@ On one 1024 × 1024 4-band uint16 input and one model (the shipped default unles
 
 1. ``limit``     the model's best in-memory speed: forward over halo-free chunks at the fastest chunk size;
 2. ``tiles``     in-memory forward over exactly the halo'd tiles the pipeline uses (same tile size, halo);
-3. ``sr``        ``pipeline.sr_file`` end to end (GeoTIFF read, tiles, Ray actors, stitch, COG write) with a
+3. ``sr``        ``pipeline.sr_file`` end to end (GeoTIFF read, tiles, the item as one Ray task, COG write) with a
                  warm actor pool, as ``stacsr sr`` runs it after start-up;
-4. ``cli``       wall time of the ``stacsr sr`` command itself (Python and Ray start-up included).
+4. ``cli``       wall time of the ``stacsr sr`` command itself (Python start-up included; in-process, its default).
 
 Figures are output pixels per second. The last line printed is one JSON object with every figure,
 ``ratio`` = sr / tiles and ``ratio_vs_limit`` = sr / limit.
@@ -97,7 +97,7 @@ def main() -> None:
 
     engine = pipeline.make_engine(package, use_ray=True)
     seconds = best_of(lambda: pipeline.sr_file(str(src), work / "out.tif", package, engine, tile_size))
-    figures.update(sr_px_s=round(out_pixels / seconds), actors=engine.size)
+    figures.update(sr_px_s=round(out_pixels / seconds), engine=str(engine))
     print(f"sr     end to end, warm Ray:   {figures['sr_px_s']:12,} px/s", flush=True)
     engine.close()
 

@@ -1,9 +1,10 @@
-"""``make bench`` (batch part): throughput of ``stacsr batch`` with 1 and 2 Ray model actors, and its memory.
+"""``make bench`` (batch part): throughput of ``stacsr batch`` with 1 and 2 items at once on Ray, and its memory.
 
 Local services as in the tests (pgstac STAC API, range-capable blob server), ``--items`` copies of the demo's
 two Sentinel-2 items (480 × 480 at 10 m each, whole items through an MGRS-free bbox), the shipped model.
 
-1. ``tiles/s`` of the same batch (fresh output each time) with a 1-actor and a 2-actor pool (``speedup``);
+1. ``tiles/s`` of the same batch (fresh output each time), one item at a time using every core, and two at
+   once with half the cores each (``speedup``);
 2. the memory high-water mark of ``stacsr batch`` run as a command over N and 2N items: resident memory of
    the command's process (driver: reads, stitching, COG writing) and of its whole process tree (Ray included),
    sampled every 0.1 s. Bounded memory means the peak does not grow with the number of items.
@@ -63,7 +64,7 @@ def spec(pgstac, out: Path, name: str, limit: int | None = None, in_flight: int 
     }
 
 
-def throughput(pgstac, work: Path, actors: int) -> dict:
+def throughput(pgstac, work: Path, at_once: int) -> dict:
     from stacsr.batch import run as B
     from stacsr.batch import spec as J
     from stacsr.catalog.presets import resolve
@@ -71,11 +72,11 @@ def throughput(pgstac, work: Path, actors: int) -> dict:
     from stacsr.model.package import load
 
     package = load("default")
-    engine = RayEngine(package, actors=actors)
+    engine = RayEngine(package, cpus_per_item=max(1, (os.cpu_count() or 2) // at_once), items_in_flight=at_once)
     try:
-        s = J.from_dict(spec(pgstac, work / f"warm-{actors}", f"warm{actors}", limit=1))
-        B.run(s, resolve(s.catalog, s.collection, None, s.stac_url), package, engine)  # actors built, model loaded
-        s = J.from_dict(spec(pgstac, work / f"tp-{actors}", f"tp{actors}"))
+        s = J.from_dict(spec(pgstac, work / f"warm-{at_once}", f"warm{at_once}", limit=1))
+        B.run(s, resolve(s.catalog, s.collection, None, s.stac_url), package, engine)  # workers started, model loaded
+        s = J.from_dict(spec(pgstac, work / f"tp-{at_once}", f"tp{at_once}"))
         report = B.run(s, resolve(s.catalog, s.collection, None, s.stac_url), package, engine).to_dict()
     finally:
         engine.close()
@@ -156,14 +157,14 @@ def main() -> None:
         one = throughput(pgstac, work, 1)
         two = throughput(pgstac, work, 2)
         ray.shutdown()
-        figures.update(
-            one_actor=one, two_actors=two, speedup=round(two["tiles_per_second"] / one["tiles_per_second"], 2)
-        )
+        figures.update(one_item=one, two_items=two, speedup=round(two["tiles_per_second"] / one["tiles_per_second"], 2))
         print(
-            f"batch  1 actor : {one['tiles_per_second']:6.2f} tiles/s ({one['items']} items, {one['tiles']} tiles)",
+            f"batch  1 item at once : {one['tiles_per_second']:6.2f} tiles/s ({one['items']} items, {one['tiles']} tiles)",
             flush=True,
         )
-        print(f"batch  2 actors: {two['tiles_per_second']:6.2f} tiles/s  speedup {figures['speedup']}", flush=True)
+        print(
+            f"batch  2 items at once: {two['tiles_per_second']:6.2f} tiles/s  speedup {figures['speedup']}", flush=True
+        )
         n = max(3, args.items // 2)
         BBOX[:] = load_items(pgstac, blob, n)  # 2n items searchable
         figures["memory"] = [memory(pgstac, work, n), memory(pgstac, work, 2 * n)]

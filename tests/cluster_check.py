@@ -135,6 +135,20 @@ def run_checks(cluster, workers, out: Path, stac_url: str, collection: str, bbox
     result["lost_item_nodes"] = [r.stats.node.split()[-1] for r in lost.runs]
     result["lost_identical"] = identical(bucket, "lost", "local")
     result["lost_published"] = published(stac_url, f"{collection}-lost")
+
+    # 4. a local output folder: taken when every node sees it (one machine: it is shared), refused otherwise
+    from stacsr.engine import ray_items
+
+    folder = out / "local-output"
+    folder.mkdir()
+    RayEngine(package).check_output(str(folder))
+    ray_items.sees = lambda path: False  # as a node that does not mount the folder answers
+    try:
+        RayEngine(package).check_output(str(folder))
+        result["refused"] = None
+    except ray_items.ClusterError as e:
+        result["refused"] = str(e)
+    result["marker_left"] = [p.name for p in folder.iterdir()]
     return result
 
 

@@ -59,3 +59,6 @@ def test_batch_on_three_nodes_runs_each_item_on_one_node(sources, pgstac, s3, tm
     assert result["lost_node"] not in result["lost_item_nodes"], result
     assert result["lost_identical"]
     assert len(result["lost_published"]) == 2 == len(set(result["lost_published"]))
+    # a local output folder on several nodes: used when every node sees it, else refused before any work
+    assert result["refused"] and "not on a filesystem the cluster's nodes share" in result["refused"]
+    assert "\n" not in result["refused"] and result["marker_left"] == []
