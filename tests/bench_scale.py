@@ -142,7 +142,7 @@ def make_input(path: Path, size: int, bands: tuple[int, ...] = (0, 1, 2, 3)) -> 
 def measure(src: Path, size: int, mode: str, work: Path, tile_size: int | None) -> dict:
     out = work / f"out-{size}-{mode}.tif"
     cmd = [str(Path(sys.executable).with_name("stacsr")), "sr", str(src), str(out)]
-    cmd += ["--no-ray"] if mode == "no-ray" else []
+    cmd += ["--no-ray"] if mode == "no-ray" else ["--ray"]
     cmd += ["--tile-size", str(tile_size)] if tile_size else []
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"COLUMNS": "200"}
     result, peak, roles, totals, wall = run_sampled(cmd, env)
