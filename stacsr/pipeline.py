@@ -95,22 +95,25 @@ def make_engine(
     cpus_per_item: int | None = None,
     precision: str = "fp32",
     items_in_flight: int | None = None,
+    batch: int = 1,
 ) -> Engine:
     """Where items run. In this process unless Ray is asked for: ``use_ray=True`` (a local Ray is started when
     there is no cluster to join), an ``address``, or ``$RAY_ADDRESS`` (as under ``ray job submit``) with
     ``use_ray`` left None. On Ray, each item runs on one node (:class:`stacsr.engine.RayEngine`).
-    ``precision``: ``fp32`` (exact), ``fp16`` or ``bf16`` (README, "Half precision")."""
+    ``precision``: ``fp32`` (exact), ``fp16`` or ``bf16`` (README, "Half precision"); ``batch``: tiles per model
+    call (4 with 1024-px tiles is what a whole tile on a GPU node was measured with)."""
     if use_ray is None:
         use_ray = bool(address or os.environ.get("RAY_ADDRESS"))
     if not use_ray:
         device = "cuda" if gpus_per_item else None
-        return LocalEngine(package, device=device, precision=precision, threads=cpus_per_item)
+        return LocalEngine(package, batch, device, precision, threads=cpus_per_item)
     return RayEngine(
         package,
         address=address,
         gpus_per_item=gpus_per_item,
         cpus_per_item=cpus_per_item,
         items_in_flight=items_in_flight,
+        batch=batch,
         precision=precision,
     )
 

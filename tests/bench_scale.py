@@ -5,7 +5,7 @@ disk) is super-resolved by the ``stacsr sr`` command itself, in a fresh process,
 its own local Ray. While it runs, the resident memory of its whole process tree (the driver and every Ray
 process: GCS, raylet, workers, actors) is summed every 0.2 s; the peak of that sum is the figure. Speed is
 the command's own "output pixels/s" (tiles, reads and COG writing; Python and Ray start-up excluded) and
-its wall time; the largest process of each role (driver, tile actor, writer, other Ray processes) is given
+its wall time; the largest process of each role (driver, item worker, other Ray processes) is given
 too, and the peak of each role's sum (what sizing a pod needs). One JSON line per run, then one with the ratios the streaming targets are about:
 
     peak RSS at the largest size ≤ 1.3 × the smallest, in both modes; in-process peak ≤ 3 GB there;
@@ -35,8 +35,8 @@ STRIP = 1024
 
 
 ROLES = (
-    ("tile actor", "ray::_TileWorker"),
-    ("writer", "ray::_Writer"),
+    ("item worker", "ray::run_item"),
+    ("item worker", "ray::IDLE"),  # a worker process between items (its title while idle)
     ("ray", "ray"),
     ("ray", "gcs_server"),
     ("ray", "raylet"),

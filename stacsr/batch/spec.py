@@ -58,6 +58,7 @@ class Resources:
     cpus_per_item: int | None = None  # None: 1 with a GPU, else the cores of the cluster's smallest node
     items_in_flight: int | None = None  # None: as many as the cluster's resources hold (grows with autoscaling)
     tile_size: int = 256
+    batch: int = 1  # tiles per model call (on a GPU: 4, with tile_size 1024)
     precision: str = "fp32"  # the model's arithmetic: fp32 (exact), fp16 or bf16 (README, "Half precision")
 
 
@@ -147,6 +148,7 @@ def _check(spec: JobSpec) -> JobSpec:
     need(r.gpus_per_item >= 0, "resources.gpus_per_item: must be ≥ 0")
     need(r.cpus_per_item is None or r.cpus_per_item >= 1, "resources.cpus_per_item: must be ≥ 1")
     need(r.tile_size >= 16, "resources.tile_size: must be ≥ 16")
+    need(1 <= r.batch <= 64, "resources.batch: must lie in [1, 64]")
     need(r.items_in_flight is None or r.items_in_flight >= 1, "resources.items_in_flight: must be ≥ 1")
     need(r.precision in ("fp32", "fp16", "bf16"), f"resources.precision: fp32, fp16 or bf16, not {r.precision!r}")
     need(spec.compress in ("deflate", "zstd"), f"compress: deflate or zstd, not {spec.compress!r}")

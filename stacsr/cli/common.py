@@ -49,6 +49,7 @@ GpusOpt = typer.Option(
 CpusOpt = typer.Option(
     None, "--cpus-per-item", min=1, help="CPU cores per item (default: all here; on Ray, 1 with a GPU, else a node's)."
 )
+BatchOpt = typer.Option(1, "--batch", min=1, max=64, help="Tiles per model call (on a GPU: 4, with --tile-size 1024).")
 PrecisionOpt = typer.Option(
     "fp32", "--precision", help="Model arithmetic: fp32 (exact), fp16 or bf16 (faster; see README, Half precision)."
 )
@@ -145,6 +146,7 @@ def engine_for(
     cpus: Optional[int] = None,
     precision: str = "fp32",
     items_in_flight: Optional[int] = None,
+    batch: int = 1,
 ):
     """The engine for a command: in this process, unless ``--ray``, ``--address`` or ``$RAY_ADDRESS`` ask for
     Ray (``--no-ray`` wins); closed when the command ends."""
@@ -153,7 +155,7 @@ def engine_for(
     if ray and no_ray:
         fail("--ray and --no-ray contradict each other: choose one")
     use_ray = False if no_ray else (True if ray or address else None)
-    engine = make_engine(package, use_ray, address, gpus, cpus, precision, items_in_flight)
+    engine = make_engine(package, use_ray, address, gpus, cpus, precision, items_in_flight, batch)
     try:
         yield engine
     finally:

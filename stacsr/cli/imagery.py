@@ -11,6 +11,7 @@ from rich.table import Table
 from stacsr.cli.common import (
     AddressOpt,
     BandsOpt,
+    BatchOpt,
     BBoxOpt,
     CatalogOpt,
     CloudOpt,
@@ -86,6 +87,7 @@ def enhance(
     address: Optional[str] = AddressOpt,
     gpus_per_item: float = GpusOpt,
     cpus_per_item: Optional[int] = CpusOpt,
+    batch_size: int = BatchOpt,
     compress: Compression = CompressOpt,
     precision: Precision = PrecisionOpt,
 ) -> None:
@@ -100,7 +102,9 @@ def enhance(
         pipeline.plan_jobs(items, preset, package.card.bands, bbox)
         pipeline.check_writable(out_dir)
         with (
-            engine_for(package, ray, no_ray, address, gpus_per_item, cpus_per_item, precision.value) as engine,
+            engine_for(
+                package, ray, no_ray, address, gpus_per_item, cpus_per_item, precision.value, batch=batch_size
+            ) as engine,
             progress_bar() as progress,
         ):
             report = pipeline.enhance(
@@ -132,7 +136,15 @@ def batch(
             check_writable(spec.output)
         res = spec.resources
         with engine_for(
-            package, ray, no_ray, address, res.gpus_per_item, res.cpus_per_item, res.precision, res.items_in_flight
+            package,
+            ray,
+            no_ray,
+            address,
+            res.gpus_per_item,
+            res.cpus_per_item,
+            res.precision,
+            res.items_in_flight,
+            res.batch,
         ) as engine:
             report = batch_run.run(
                 spec, preset, package, engine, log=lambda m: console.print(m, highlight=False, soft_wrap=True)
@@ -163,6 +175,7 @@ def sr(
     address: Optional[str] = AddressOpt,
     gpus_per_item: float = GpusOpt,
     cpus_per_item: Optional[int] = CpusOpt,
+    batch_size: int = BatchOpt,
     compress: Compression = CompressOpt,
     precision: Precision = PrecisionOpt,
 ) -> None:
@@ -173,7 +186,9 @@ def sr(
     with errors():
         package = model_package.load(model)
         with (
-            engine_for(package, ray, no_ray, address, gpus_per_item, cpus_per_item, precision.value) as engine,
+            engine_for(
+                package, ray, no_ray, address, gpus_per_item, cpus_per_item, precision.value, batch=batch_size
+            ) as engine,
             progress_bar() as progress,
         ):
             report = pipeline.sr_file(src, dst, package, engine, tile_size, compress.value, progress)
