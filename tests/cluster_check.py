@@ -113,8 +113,7 @@ def run_checks(cluster, workers, out: Path, stac_url: str, collection: str, bbox
     result["cluster_done"] = report["items"]["done"]
     result["item_nodes"] = [r.stats.node.split()[-1] for r in engine.runs]
     result["head"] = head
-    spans = [(r.stats.started, r.stats.finished) for r in engine.runs]
-    result["overlap"] = max(sum(s <= t < f for s, f in spans) for t, _ in spans) if spans else 0
+    result["overlap"] = overlap(engine.runs)
     result["report_nodes"] = [o.get("node") for o in report["outcomes"]]
     secrets = [os.environ[k].encode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     result["tasks_inspected"] = len(engine.sent)
@@ -133,6 +132,7 @@ def run_checks(cluster, workers, out: Path, stac_url: str, collection: str, bbox
     result["lost_node"] = watcher.removed
     result["lost_done"] = report["items"]["done"]
     result["lost_item_nodes"] = [r.stats.node.split()[-1] for r in lost.runs]
+    result["lost_overlap"] = overlap(lost.runs)
     result["lost_identical"] = identical(bucket, "lost", "local")
     result["lost_published"] = published(stac_url, f"{collection}-lost")
 
@@ -150,6 +150,12 @@ def run_checks(cluster, workers, out: Path, stac_url: str, collection: str, bbox
         result["refused"] = str(e)
     result["marker_left"] = [p.name for p in folder.iterdir()]
     return result
+
+
+def overlap(runs) -> int:
+    """The most items that were running at the same moment."""
+    spans = [(r.stats.started, r.stats.finished) for r in runs]
+    return max(sum(s <= t < f for s, f in spans) for t, _ in spans) if spans else 0
 
 
 class NodeLoss(threading.Thread):

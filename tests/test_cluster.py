@@ -57,7 +57,7 @@ def test_batch_on_three_nodes_runs_each_item_on_one_node(sources, pgstac, s3, tm
     # a node lost mid-item: the item ran again on the other node, identical, published once
     assert result["lost_node"] in workers and result["lost_done"] == 2
     assert result["lost_node"] not in result["lost_item_nodes"], result
-    assert result["lost_identical"]
+    assert result["lost_identical"] and result["lost_overlap"] == 1  # items_in_flight 1: one at a time
     assert len(result["lost_published"]) == 2 == len(set(result["lost_published"]))
     # a local output folder on several nodes: used when every node sees it, else refused before any work
     assert result["refused"] and "not on a filesystem the cluster's nodes share" in result["refused"]

@@ -2,7 +2,9 @@
 (tests/schemas/kuberay-crds, made strict), built-in kinds and pod templates match Kubernetes' own schemas
 (kubernetes-validate, offline), the training config a RayJob points at loads, the batch RayJob and its two
 weekly schedules (RayCronJob; CronJob + RBAC creating a RayJob) agree with each other and with the job spec they
-mount, and no credential is written in. Manifests embedded as YAML text in ConfigMaps (the RayJob the CronJob
+mount, the layout of issue 21 holds (one item per node: GPU workers sized for the spec's items, scratch on the
+workers with STACSR_SCRATCH_LIMIT equal to its sizeLimit, a head with num-cpus 0 that holds no pixels and no
+scratch), and no credential is written in. Manifests embedded as YAML text in ConfigMaps (the RayJob the CronJob
 creates) are checked like the others; `job_specs()` lists the `stacsr batch` job specs the ConfigMaps hold."""
 
 from __future__ import annotations
@@ -310,13 +312,16 @@ def test_raycluster_layout():
     head = spec["headGroupSpec"]
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
     assert "nvidia.com/gpu" not in str(head)
+    _check_small_head(head)
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
     assert set(groups) == {"cpu", "gpu"}
-    gpu = groups["gpu"]["template"]["spec"]
-    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+    gpu = groups["gpu"]
+    _check_gpu_group(gpu)
+    assert gpu["replicas"] == 10  # the example's starting size; the operator sets their own
+    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 50  # idle GPU nodes go; queued items bring up to 50
     for g in groups.values():
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        assert _scratch(g["template"]), f"group {g['groupName']}: items run on workers, which need scratch"
     for tpl in _pod_templates({"kind": "RayCluster", "spec": spec}):
         assert tpl["spec"]["securityContext"]["runAsUser"] == 1000
         assert tpl["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -523,6 +528,71 @@ def _cpu(quantity) -> float:
     return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
 
 
+_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def _bytes(quantity) -> float:
+    """A Kubernetes quantity of bytes ("64Gi", "512M", "1073741824") as a number."""
+    m = re.fullmatch(r"([0-9.]+)([KMGT]i|[kMGT])?", str(quantity))
+    assert m, quantity
+    return float(m[1]) * _SUFFIX.get(m[2] or "", 1)
+
+
+# Scratch disk per whole Sentinel-2 tile in flight: 20.5 GB of uncompressed intermediates (15.4 GB at 2.5 m, 5.1 GB
+# of overview levels) + about 5 GB of COGs before upload (README, "Benchmarks").
+SCRATCH_PER_WHOLE_TILE = 26e9
+EXAMPLE_GPU_NODES = 10  # the GPU workers the examples start with (README, "A week over Europe, on paper")
+
+
+def _limits(group) -> dict:
+    return group["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def _scratch(template) -> float | None:
+    """The scratch disk of a Ray pod template, in bytes (None without one). Where there is one, every container
+    mounts it at STACSR_SCRATCH and says its size in STACSR_SCRATCH_LIMIT, equal to the volume's sizeLimit (so
+    items wait for scratch instead of overrunning it); a pod without one sets neither."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    sizes = set()
+    for c in template["spec"]["containers"]:
+        env = {e["name"]: e for e in c.get("env", [])}
+        if "STACSR_SCRATCH" not in env:
+            assert "STACSR_SCRATCH_LIMIT" not in env, c["name"]
+            sizes.add(None)
+            continue
+        path = env["STACSR_SCRATCH"]["value"]
+        (mount,) = [m for m in c.get("volumeMounts", []) if m["mountPath"] == path]
+        volume = volumes[mount["name"]]
+        assert "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory", volume  # disk, not RAM
+        assert "sizeLimit" in volume["emptyDir"], f"{c['name']}: scratch volume {mount['name']} has no sizeLimit"
+        size = volume["emptyDir"]["sizeLimit"]
+        limit = env.get("STACSR_SCRATCH_LIMIT", {}).get("value")
+        assert limit == size, f"{c['name']}: STACSR_SCRATCH_LIMIT {limit} ≠ sizeLimit {size}"
+        sizes.add(_bytes(size))
+    (size,) = sizes
+    return size
+
+
+def _check_small_head(head):
+    """A head that takes no item and holds no pixels: num-cpus 0, modest resources, no scratch disk."""
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert _scratch(head["template"]) is None
+    assert not [v for v in head["template"]["spec"].get("volumes", []) if v["name"] == "scratch"]
+    for c in head["template"]["spec"]["containers"]:
+        assert _cpu(c["resources"]["limits"]["cpu"]) <= 2 and _bytes(c["resources"]["limits"]["memory"]) <= 8 * 2**30
+
+
+def _check_gpu_group(group):
+    """A GPU worker group as issue 21 sizes it: one GPU, 16 CPUs, about 64 GB per node, Ray told of the GPU,
+    the GPU taint tolerated, a scratch disk for two whole tiles."""
+    limits = _limits(group)
+    assert limits["nvidia.com/gpu"] == 1
+    assert group["rayStartParams"]["num-gpus"] == "1"
+    assert _cpu(limits["cpu"]) == 16 and _bytes(limits["memory"]) == 64 * 2**30
+    assert any(t["key"] == "nvidia.com/gpu" for t in group["template"]["spec"]["tolerations"])
+    assert _scratch(group["template"]) >= 2 * SCRATCH_PER_WHOLE_TILE
+
+
 @pytest.mark.parametrize("item", _of_specs(_batch))
 def test_batch_rayjob(item):
     path, source, spec = item
@@ -537,22 +607,32 @@ def test_batch_rayjob(item):
     assert "clusterSelector" not in spec
 
     cluster = spec["rayClusterSpec"]
-    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # actors go to the workers
+    _check_small_head(cluster["headGroupSpec"])  # items go to the workers; the driver holds no pixels
     workers = cluster["workerGroupSpecs"]
-    cpus = sum(
-        g["replicas"] * _cpu(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) for g in workers
-    )
-    gpus = sum(
-        g["replicas"] * g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
-        for g in workers
-    )
+    assert workers
     res = job["resources"]
-    assert cpus >= res["actors"], f"{source}: {cpus} worker CPUs for {res['actors']} one-CPU actors"
-    assert gpus >= res["actors"] * res["gpus_per_actor"], source
-    if not res["gpus_per_actor"]:
-        assert gpus == 0, f"{source}: GPU workers the job spec does not use"
+    assert "actors" not in res and "gpus_per_actor" not in res  # the keys of the tile-actor engine are gone
+    gpus_per_item = res.get("gpus_per_item", 0)
     for g in workers:
-        assert g["minReplicas"] == g["replicas"] == g["maxReplicas"]  # no autoscaler: fixed size
+        assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        if g["minReplicas"] != g["maxReplicas"]:
+            assert cluster["enableInTreeAutoscaling"] is True, f"{source}: {g['groupName']} scales, no autoscaler"
+        limits = _limits(g)
+        gpus, cpus = limits.get("nvidia.com/gpu", 0), _cpu(limits["cpu"])
+        if gpus_per_item:
+            assert gpus, f"{source}: group {g['groupName']} has no GPU for items asking {gpus_per_item}"
+            items = int(gpus / gpus_per_item + 1e-9)  # items a node takes at once
+            assert items >= 1
+            # the node's CPUs and GPU run out together: none idle while items wait
+            assert items * (res.get("cpus_per_item") or 1) == cpus, f"{source}: {items} items × CPUs ≠ {cpus}"
+        else:
+            assert not gpus, f"{source}: GPU workers the job spec does not use"
+            items = 1 if not res.get("cpus_per_item") else int(cpus // res["cpus_per_item"])
+        scratch = _scratch(g["template"])
+        assert scratch is not None, f"{source}: group {g['groupName']} runs items and has no scratch"
+        if res.get("tile_size"):
+            # whole MGRS tiles may be in the areas: each item a node takes needs a whole tile's scratch
+            assert scratch >= items * SCRATCH_PER_WHOLE_TILE, f"{source}: {scratch / 1e9:.0f} GB for {items} items"
 
     templates = _pod_templates(_rayjob_doc(spec)) + [spec["submitterPodTemplate"]]
     for tpl in templates:
@@ -561,10 +641,50 @@ def test_batch_rayjob(item):
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
             assert {"requests", "limits"} <= set(c["resources"])
-    if job["output"].startswith("s3://"):  # credentials for the output, from the Secret, on every Ray pod
-        for tpl in templates[:-1]:
+    if job["output"].startswith("s3://"):  # credentials, from the Secret, on every Ray pod: workers upload COGs,
+        for tpl in templates[:-1]:  # the driver on the head writes the run report
             for c in tpl["spec"]["containers"]:
                 assert {"secretRef": {"name": "stacsr-object-store"}} in c["envFrom"], source
+
+
+def test_batch_rayjob_example_sizes():
+    """The example's cluster (issue 21): 10 GPU nodes of 1 GPU, 16 CPUs, 64 GiB and 64Gi of scratch each, two
+    whole tiles per node (gpus_per_item 0.5, cpus_per_item 8), items in flight left to the cluster, a head of at
+    most 2 CPUs / 8 GiB with num-cpus 0 and no CPU worker group."""
+    spec = _one(BATCH_RAYJOB, "RayJob")["spec"]
+    cluster = spec["rayClusterSpec"]
+    (gpu,) = cluster["workerGroupSpecs"]  # the CPU group of the tile-actor layout is gone
+    _check_gpu_group(gpu)
+    assert gpu["replicas"] == EXAMPLE_GPU_NODES
+    assert _scratch(gpu["template"]) == _bytes("64Gi")
+    _check_small_head(cluster["headGroupSpec"])
+    cm, key = _mounted_configmap(ROOT / BATCH_RAYJOB, spec, PurePosixPath(shlex.split(spec["entrypoint"])[2]))
+    res = yaml.safe_load(cm["data"][key])["resources"]
+    assert (res["gpus_per_item"], res["cpus_per_item"], res["items_in_flight"]) == (0.5, 8, None)
+
+
+def test_scratch_check_catches_mismatch():
+    tpl = copy.deepcopy(_one(BATCH_RAYJOB, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"])
+    assert _scratch(tpl) == _bytes("64Gi")
+    (c,) = tpl["spec"]["containers"]
+    (limit,) = [e for e in c["env"] if e["name"] == "STACSR_SCRATCH_LIMIT"]
+    limit["value"] = "100Gi"  # more than the volume holds: the kubelet would evict the pod
+    with pytest.raises(AssertionError, match="STACSR_SCRATCH_LIMIT"):
+        _scratch(tpl)
+    limit["value"] = "64Gi"
+    (c["env"][[e["name"] for e in c["env"]].index("STACSR_SCRATCH")])["value"] = "/tmp/ray"  # no sizeLimit there
+    with pytest.raises(AssertionError, match="sizeLimit"):
+        _scratch(tpl)
+    head = copy.deepcopy(_one(BATCH_RAYJOB, "RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"])
+    pod = head["template"]["spec"]
+    pod["volumes"].append({"name": "scratch", "emptyDir": {"sizeLimit": "64Gi"}})
+    pod["containers"][0]["volumeMounts"].append({"name": "scratch", "mountPath": "/scratch"})
+    pod["containers"][0]["env"] += [
+        {"name": "STACSR_SCRATCH", "value": "/scratch"},
+        {"name": "STACSR_SCRATCH_LIMIT", "value": "64Gi"},
+    ]
+    with pytest.raises(AssertionError, match="is None"):
+        _check_small_head(head)  # a head with scratch: items (pixels) on the head
 
 
 WEEK = 7 * 24 * 3600
@@ -791,6 +911,30 @@ def secret_problems(text: str) -> list[str]:
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_literal_secrets(path):
     assert secret_problems(path.read_text()) == [], path
+
+
+def _secret_refs(node) -> set[str]:
+    refs = set()
+    for n in _walk(node):
+        for key in ("secretRef", "secretKeyRef"):
+            if isinstance(n.get(key), dict):
+                refs.add(n[key]["name"])
+    return refs
+
+
+def test_credentials_only_by_reference():
+    """No Secret is defined in the repository (operators create them, infra/README.md); pods name them through
+    envFrom.secretRef or valueFrom.secretKeyRef only, and the job specs (which Ray's arguments carry) hold none."""
+    docs = [d for _, _, d in MANIFESTS] + [d for _, _, d in EMBEDDED]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    refs = _secret_refs(docs)
+    assert refs == {"stacsr-object-store", "stacsr-stac-api"}, refs
+    for source, spec in job_specs():  # the spec loader also refuses anything that looks like a key (test below)
+        assert not _secret_refs(spec), source
+    for _, source, spec in rayjob_specs():  # the GPU workers that upload have the object-store Secret
+        for g in (spec.get("rayClusterSpec") or {}).get("workerGroupSpecs", []):
+            for c in g["template"]["spec"]["containers"]:
+                assert "stacsr-object-store" in _secret_refs(c.get("envFrom", [])), source
 
 
 @pytest.mark.parametrize(
