@@ -5,13 +5,16 @@ Fixtures
 pgstac       PostgreSQL (+ PostGIS) + pgstac + stac-fastapi-pgstac (see tests/fixtures/services.py: PgstacService)
 blob_server  Range-capable file server + Azure Blob / Planetary Computer SAS stand-in (BlobServer)
 pc_stand_in  function-scoped: PC_SDK_SAS_URL -> blob_server, planetary_computer caches cleared; yields blob_server
-ray_local    lazy local Ray (RayLocal; attribute access falls through to the `ray` module)
+s3           moto S3 server (tests/fixtures/s3.py: S3Server), one for the session
+ray_local    lazy local Ray (RayLocal; attribute access falls through to the `ray` module); its node's environment
+             holds the S3 server's endpoint and credentials, as a cluster node's does (items upload from their node)
 
 Each service starts on first use and is torn down at the end of the session.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +24,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from tests.fixtures.s3 import s3  # noqa: E402, F401  (session fixture, registered here once for every module)
 from tests.fixtures.services import (  # noqa: E402
     BlobServer,
     PgstacService,
@@ -67,9 +71,17 @@ def pc_stand_in(blob_server):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray (2 CPUs, 512 MiB object store, dashboard on), shut down at session end."""
-    handle = start_ray_local()
+def ray_local(s3):  # noqa: F811
+    """A local Ray (2 CPUs, 512 MiB object store, dashboard on), shut down at session end. Its raylet starts with
+    the S3 server's variables in its environment, so its workers (and only they, and the tests that ask for
+    ``s3``) have them: credentials reach the node as on a cluster, never through a task's arguments."""
+    saved = dict(os.environ)
+    os.environ.update(s3.env)
+    try:
+        handle = start_ray_local()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     try:
         yield handle
     finally:

@@ -29,7 +29,6 @@ from stacsr.engine import LocalEngine, RayEngine
 from stacsr.model import package as M
 from tests.fixtures import scenes as SC
 from tests.fixtures.dying import DyingRayEngine
-from tests.fixtures.s3 import s3  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pystac-client: DoesNotConformTo SORT
 
@@ -194,8 +193,10 @@ def test_batch_to_s3_and_transactions_api_is_idempotent(job, s3, pgstac, ray_loc
         engine.close()
 
     d = first.to_dict()
-    assert d["items"] == {"found": 4, "skipped": 0, "done": 4, "failed": 0, "nodata": 0}, d["outcomes"]
+    assert d["items"] == {"found": 4, "skipped": 0, "done": 4, "failed": 0, "nodata": 0, "to_do": 0}, d["outcomes"]
     assert d["tiles"] > 4 and d["km2"] > 0 and d["sha256"] == package.sha256
+    for o in d["outcomes"]:  # where each item ran (a Ray node) and what it cost
+        assert len(o["node"].split()) == 2 and o["stages"] and o["bytes_read"] > 0 and o["bytes_written"] > 0
     items = api_items(pgstac)
     assert len(items) == 4 and all(i.endswith("_sr_overlap") for i in items)
     cogs = [k for k in after_first if k.endswith(".tif")]
@@ -220,7 +221,7 @@ def test_batch_to_s3_and_transactions_api_is_idempotent(job, s3, pgstac, ray_loc
 
     report = json.loads(s3.filesystem.open_input_stream(B.report_url(job)[len("s3://") :]).read())
     assert report["items"] == third.to_dict()["items"]  # latest.json is the last run's
-    assert second.to_dict()["items"] == {"found": 4, "skipped": 4, "done": 0, "failed": 0, "nodata": 0}
+    assert second.to_dict()["items"] == {"found": 4, "skipped": 4, "done": 0, "failed": 0, "nodata": 0, "to_do": 0}
     changed = {k for k in after_second if after_first.get(k) != after_second[k]}
     assert changed and all("/_runs/" in k for k in changed)  # a re-run writes nothing but its report
     t = third.to_dict()
@@ -469,6 +470,9 @@ def test_sigkill_between_cogs_and_item_leaves_nothing_half_done(sources, pgstac,
         return len(items)
 
     assert check_published() < 4  # killed mid-job
+    killed = json.loads((out / "_runs" / "killed" / "latest.json").read_text())  # written before the first item
+    assert not killed["finished"] and killed["items"]["found"] == 4
+    assert killed["items"]["to_do"] == 4 - len(killed["outcomes"]) > 0
     from rio_cogeo.cogeo import cog_validate
 
     for tif in out.rglob("*.tif"):  # a file under a final name is a whole COG (written, then renamed)
@@ -479,6 +483,7 @@ def test_sigkill_between_cogs_and_item_leaves_nothing_half_done(sources, pgstac,
     assert result.exit_code == 0, result.output
     report = json.loads((out / "_runs" / "killed" / "latest.json").read_text())
     assert report["items"]["done"] + report["items"]["skipped"] == 4 and report["items"]["done"] >= 1
+    assert report["finished"] and report["items"]["to_do"] == 0
     assert check_published() == 4
 
 
@@ -506,6 +511,7 @@ def test_a_static_batch_with_its_own_collection_skips_its_outputs_on_a_re_run(so
         "done": 0,
         "failed": 0,
         "nodata": 0,
+        "to_do": 0,
     }
     assert sorted(p.name for p in out.iterdir()) == [
         "_runs",

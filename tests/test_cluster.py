@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import scenes as SC
-from tests.fixtures.s3 import s3  # noqa: F401
 from tests.fixtures.services import RAY_TEST_ENV
 
 COLLECTION = "s2-cluster-test"

@@ -24,7 +24,6 @@ from stacsr.model import package as M
 from stacsr.model.generator import Generator, GeneratorConfig
 from stacsr.model.mlm import MLM, mlm_item
 from stacsr.train import export as X
-from tests.fixtures.s3 import s3  # noqa: F401  (session fixture)
 from tests.fixtures.stac import require_schemas, schemas_available, validate_stac, validate_with_pystac
 
 TINY = GeneratorConfig(bands=4, scale=4, features=8, blocks=2)

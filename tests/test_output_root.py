@@ -25,7 +25,6 @@ from stacsr.catalog.presets import PRESETS, resolve
 from stacsr.engine import LocalEngine
 from stacsr.model import package as M
 from tests.fixtures import scenes as SC
-from tests.fixtures.s3 import s3  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pystac-client: DoesNotConformTo SORT
 

@@ -27,7 +27,6 @@ from stacsr.train import manifest as P
 from stacsr.train import pairs_wald as W
 from stacsr.train import sampling as SA
 from tests.fixtures import scenes as SC
-from tests.fixtures.s3 import s3  # noqa: F401  (session fixture)
 from tests.fixtures.services import planetary_computer_stand_in
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pystac-client: DoesNotConformTo SORT

@@ -33,7 +33,6 @@ from stacsr.train import trainer as T
 from stacsr.train.config import TrainConfig, from_dict, load_config
 from stacsr.train.loop import PREVIEW_TAG, preview_image, worker_lr
 from tests.fixtures import scenes as SC
-from tests.fixtures.s3 import s3  # noqa: F401
 from tests.fixtures.services import planetary_computer_stand_in
 from tests.test_train_data import AOI, make_sign
 

@@ -119,10 +119,12 @@ def batch(
     ray: bool = RayOpt,
     address: Optional[str] = AddressOpt,
     no_ray: bool = NoRayOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and estimates; write nothing, run nothing."),
 ) -> None:
     """Run a batch job: search its areas, skip what is already published, super-resolve and publish the rest.
 
-    Exit code 0 when every item succeeded, 1 otherwise; the run report is written to <output>/_runs/<name>/."""
+    Exit code 0 when every item succeeded, 1 otherwise; the run report is written to <output>/_runs/<name>/.
+    --dry-run prints what a run would do (items, km², bytes, scratch, node-hours) and writes nothing."""
     from stacsr.batch import run as batch_run
     from stacsr.batch import spec as job_spec
     from stacsr.model import package as model_package
@@ -132,6 +134,24 @@ def batch(
         spec = job_spec.load(spec_path)
         preset = preset_from(spec.catalog, spec.collection, spec.bands, spec.stac_url)
         package = model_package.load(spec.model)
+        if dry_run:  # no engine, no folder, no report: the search and the done-checks only
+            from stacsr.batch import plan as batch_plan
+
+            plan = batch_plan.dry_run(spec, preset, package)
+            areas = Table(title=f"batch {spec.name}: dry run, nothing written", title_justify="left")
+            for i, header in enumerate(batch_plan.AREA_HEADERS):
+                areas.add_column(header, justify="left" if i == 0 else "right", no_wrap=i > 0, overflow="fold")
+            for row in plan.area_rows():
+                areas.add_row(*row)
+            summary = Table(show_header=False, box=None)
+            summary.add_column(no_wrap=True)
+            summary.add_column(overflow="fold")
+            for what, value in plan.summary_rows():
+                summary.add_row(what, value)
+            out.print(areas, summary)
+            for refused in plan.refused[:10]:
+                out.print(f"refused {refused.item}: {refused.error}", highlight=False, soft_wrap=True)
+            return
         if not spec.remote_output:
             check_writable(spec.output)
         res = spec.resources

@@ -3,9 +3,10 @@
     tiles (any order) → one uncompressed tiled BigTIFF per output COG, in a scratch folder, and its overview
       levels averaged down from each tile as it arrives (:mod:`stacsr.io.overviews`)
     → :func:`stacsr.io.write.cog_from_file` (GDAL's COG driver takes that pyramid; all cores compressing)
-    → the COG's final place: renamed into a local folder, or uploaded under a temporary key and moved
+    → the COG's final place: renamed into a local folder, or uploaded (:func:`stacsr.plumbing.storage.put`)
 
-Memory is what GDAL's bounded block cache and the tiles in hand hold, whatever the size of the output. A
+Memory is what GDAL's bounded block cache and the tiles in hand hold, whatever the size of the output. Disk
+is reserved before the first tile (:mod:`stacsr.io.scratch`: an item waits for room) and freed at the end. A
 :class:`TileSink` lives in whichever process assembles an item (the caller's, or a Ray actor on the node
 that owns the output folder). A sink that does not finish leaves no file under a final name; its scratch
 folder (hidden, ``.stacsr-<host>-<pid>-*``) is removed, or, when the process was killed, by the next sink
@@ -32,6 +33,7 @@ from rasterio.windows import Window as RioWindow
 
 from stacsr.io.grid import GeoBox, Window, crop_to_own
 from stacsr.io.overviews import Pyramid, aligned_levels, factors
+from stacsr.io.scratch import DiskSpaceError, reserve, reserved
 from stacsr.io.units import REFLECTANCE_SCALE
 from stacsr.io.write import BLOCKSIZE, WriteError, cog_from_file, describe, raster_profile
 from stacsr.plumbing import storage
@@ -40,10 +42,6 @@ from stacsr.plumbing.redaction import first_line, redact
 SCRATCH_ENV = "STACSR_SCRATCH"  # where intermediates go when outputs are remote (default: the system's temp)
 COG_FRACTION = 0.75  # a deflated COG with overviews, as a share of the raw pixels (≈ 0.3–0.4 measured; margin)
 PYRAMID_FRACTION = 1 / 3  # the overview levels' intermediates, as a share of the full resolution's (¼ + ¹⁄₁₆ + …)
-
-
-class DiskSpaceError(OSError):
-    """Too little free disk for an item's intermediates and COGs (one line: how much, and where)."""
 
 
 @dataclass(frozen=True)
@@ -94,15 +92,14 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def check_disk(spec: SinkSpec) -> None:
-    """Refuse to start an item whose intermediates and COGs cannot fit on their disks (estimated from the
-    raw size: intermediates and their overview levels are uncompressed; a COG is taken at
-    :data:`COG_FRACTION` of raw)."""
+def disk_needs(spec: SinkSpec) -> list[tuple[Path, float]]:
+    """``(folder, bytes)`` an item needs per disk, the scratch folder's disk first, estimated from the raw size:
+    intermediates and their overview levels are uncompressed; a COG is taken at :data:`COG_FRACTION` of raw
+    (in scratch for object storage, else on its own folder's disk)."""
     need: dict[int, tuple[Path, float]] = {}
 
     def add(folder: Path, nbytes: float) -> None:
-        folder = _existing(folder)
-        dev = folder.stat().st_dev
+        dev = _existing(folder).stat().st_dev
         need[dev] = (need.get(dev, (folder, 0.0))[0], need.get(dev, (folder, 0.0))[1] + nbytes)
 
     per_layer = spec.raw_bytes / max(1, sum(len(t.layers) for t in spec.targets))
@@ -110,11 +107,17 @@ def check_disk(spec: SinkSpec) -> None:
     for t in spec.targets:
         cog = per_layer * len(t.layers) * COG_FRACTION
         add(scratch_folder(spec) if storage.is_remote(t.url) else Path(t.url).parent, cog)
-    for folder, nbytes in need.values():
-        free = shutil.disk_usage(folder).free
+    return list(need.values())
+
+
+def check_disk(spec: SinkSpec, needs: list[tuple[Path, float]] | None = None) -> None:
+    """Refuse an item whose intermediates and COGs cannot fit in the free space of their disks now
+    (:func:`disk_needs`; ``needs`` instead when given)."""
+    for folder, nbytes in disk_needs(spec) if needs is None else needs:
+        free = shutil.disk_usage(_existing(folder)).free
         if free < nbytes:
             raise DiskSpaceError(
-                f"not enough free disk space in {folder}: this item needs about "
+                f"not enough free disk space in {_existing(folder)}: this item needs about "
                 f"{nbytes / 1e9:,.1f} GB, {free / 1e9:,.1f} GB are free"
             )
 
@@ -136,6 +139,7 @@ class TileSink:
         self.valid = False  # any valid (non-zero) output pixel seen
         self.bytes_written = 0  # bytes of the COGs made (set by finish)
         self._stack = contextlib.ExitStack()
+        self._scratch = contextlib.ExitStack()  # the scratch disk's reservation, held until finish/abort
         self._folder: Path | None = None
         self._datasets: list = []
         self._pyramids: list[Pyramid] = []
@@ -143,12 +147,23 @@ class TileSink:
         self._lock = threading.Lock()  # a GDAL dataset is written by one thread at a time (a writer actor has several)
 
     def open(self) -> "TileSink":
-        """Check the disk and create the intermediates (one per target, and its overview levels)."""
-        check_disk(self.spec)
+        """Reserve the scratch disk (waiting for room: :func:`stacsr.io.scratch.reserve`; the free space of a
+        local target's other disk is checked) and create the intermediates (one per target, and its overview
+        levels). A failure leaves nothing behind."""
+        try:
+            return self._open()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open(self) -> "TileSink":
+        (_, nbytes), *others = disk_needs(self.spec)
+        check_disk(self.spec, others)
         folder = scratch_folder(self.spec)
-        folder.mkdir(parents=True, exist_ok=True)
+        self._scratch.enter_context(reserve(folder, nbytes))
         for place in (folder, *folder.parents):  # a killed run's scratch: here, or where this folder did not exist yet
             storage.remove_stale(place, ".stacsr-")
+            reserved(place)  # and its reservations there
         self._folder = Path(tempfile.mkdtemp(prefix=f".stacsr-{storage.owner_tag()}-", dir=folder))
         levels, per_tile = factors(self.spec.grid.shape.yx, BLOCKSIZE), aligned_levels(self.spec.scale)
         for i, target in enumerate(self.spec.targets):
@@ -241,15 +256,18 @@ class TileSink:
         return path
 
     def abort(self) -> None:
-        """Drop everything not yet in place (the intermediates and the scratch folder)."""
-        self._stack.close()
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        """Drop everything not yet in place (the intermediates and the scratch folder) and free the reservation."""
+        try:
+            self._stack.close()
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                self._folder = None
+        finally:
+            self._scratch.close()
 
 
 def upload_one(local: Path, url: str) -> str:
-    """Put a finished COG at its object-storage ``url`` (temporary key, then moved) and delete it here."""
+    """Put a finished COG at its object-storage ``url`` (:func:`stacsr.plumbing.storage.put`) and delete it here."""
     href = storage.put(local, url)
     Path(local).unlink(missing_ok=True)
     return href

@@ -7,13 +7,13 @@
 :func:`process_item` is that path for one source item and serves ``enhance`` and ``batch``; :func:`sr_file`
 runs the same tiles and sink on one GeoTIFF. No process holds an array the size of the area: memory is
 set by the tiles in flight. Everything that can be checked before pixels are read (bands, overlap, output
-folder, free disk) is checked first, so bad input fails fast and leaves nothing behind.
+folder, free disk) is checked first (:mod:`stacsr.pipeline.checks`), so bad input fails fast and leaves nothing
+behind.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -33,18 +33,20 @@ from stacsr.io.grid import item_window as grid_item_window
 from stacsr.io.sink import CogTarget, SinkSpec
 from stacsr.io.source import ArraySource, Band, RasterSource, Source, file_source
 from stacsr.model.package import ModelPackage
+from stacsr.pipeline.checks import (
+    InputError,
+    check_asset_hrefs,
+    check_band_count,
+    check_not_input,
+    check_outputs_spare_sources,
+    check_writable,
+)
 from stacsr.plumbing import storage
-from stacsr.plumbing.redaction import redact
 
 if TYPE_CHECKING:
     import pystac
 
 DEFAULT_TILE_SIZE = 256
-REMOTE_SCHEMES = ("https", "http", "s3", "gs", "az", "abfs")  # what a catalogue's asset may point at
-
-
-class InputError(ValueError):
-    """Input that stacsr refuses, with a one-line reason."""
 
 
 class Progress:
@@ -156,26 +158,6 @@ def model_ref(package: ModelPackage, root: str | Path | None = None) -> ModelRef
     )
 
 
-def check_band_count(bands: int, package: ModelPackage) -> None:
-    if bands != len(package.card.bands):
-        raise InputError(
-            f"the image has {bands} bands but model {package.card.name} expects "
-            f"{len(package.card.bands)} ({', '.join(package.card.bands)})"
-        )
-
-
-def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and prove it is writable, or raise a one-line error."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".stacsr-write-test"):
-            pass
-    except OSError as e:
-        raise InputError(f"output folder {folder} is not writable ({e.strerror or e})") from None
-    return folder
-
-
 def plan_jobs(items: Sequence[dict[str, Any]], preset: Preset, bands: Sequence[str], bbox) -> list[Job]:
     """Check every item before reading any pixel: required bands present, AOI overlapping its grid."""
     if not items:
@@ -186,20 +168,6 @@ def plan_jobs(items: Sequence[dict[str, Any]], preset: Preset, bands: Sequence[s
         output_names(job.item)  # ids the output root can hold, or a one-line refusal, before any work
         check_asset_hrefs(job.item, keys, preset)
     return jobs
-
-
-def check_asset_hrefs(item: dict[str, Any], keys: Sequence[str], preset: Preset) -> None:
-    """Refuse assets a catalogue points at local files or unknown schemes (a hostile catalogue could make
-    stacsr read ``/etc/...`` into its outputs) unless the preset is a local one (``local_assets``)."""
-    for key in keys:
-        href = str(item["assets"][key].get("href", ""))
-        scheme = href.split("://", 1)[0].lower() if "://" in href else "file"
-        if scheme not in REMOTE_SCHEMES and not (preset.local_assets and scheme == "file"):
-            raise InputError(
-                f"item {item.get('id')}: asset {key} is {'a local file' if scheme == 'file' else scheme + '://'} "
-                f"({redact(href)}); stacsr reads only {', '.join(s + '://' for s in REMOTE_SCHEMES)} "
-                "assets from a catalogue unless told it is local"
-            )
 
 
 def item_window(item: dict[str, Any], keys: Sequence[str], bbox) -> tuple[GeoBox, Window]:
@@ -397,34 +365,6 @@ def enhance(
             out.rmdir()
         raise InputError(f"the area of interest is all nodata in every item ({', '.join(report.skipped)})")
     return report
-
-
-def check_not_input(src: str, dst: str | Path) -> None:
-    """Refuse an output that is its own input (the same file by any path: ``./a.tif``, a symlink, a hard link)."""
-    if "://" in str(src):
-        return
-    same = Path(src).resolve() == Path(dst).resolve()
-    try:
-        same = same or os.path.samefile(src, dst)
-    except OSError:
-        pass  # one of them does not exist: not the same file
-    if same:
-        raise InputError(f"the output {dst} is the input {src}: stacsr never overwrites its input; choose another path")
-
-
-def check_outputs_spare_sources(job: Job, targets: Sequence[CogTarget]) -> None:
-    """Refuse to write an item's COG over one of its own source assets (a local catalogue under the output)."""
-    sources = {
-        str(Path(job.item["assets"][k]["href"].removeprefix("file://")).resolve())
-        for k in job.assets
-        if "://" not in job.item["assets"][k]["href"].removeprefix("file://")
-    }
-    for t in targets:
-        if not storage.is_remote(t.url) and str(Path(t.url).resolve()) in sources:
-            raise InputError(
-                f"item {job.item.get('id')}: its output {t.url} would replace its source asset; "
-                "choose another output folder"
-            )
 
 
 def self_href(item: dict[str, Any]) -> str | None:
