@@ -75,20 +75,22 @@ class LocalEngine:
             raise
         return self._finisher.submit(self._finish, opened, stats, item)
 
-    def _stream(self, source: Source, cores: Sequence[Window], halo: int, sink: TileSink, progress) -> None:
+    def _stream(self, source: Source, cores: Sequence[Window], halo: int, sink: TileSink, progress) -> int:
+        """Every tile through the model into ``sink``, the source held open meanwhile; its compressed bytes read."""
         groups = deque(tiles.batches(cores, self.batch))
         with (
+            source.open() as opened,
             ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="stacsr-read") as reader,
             ThreadPoolExecutor(1, thread_name_prefix="stacsr-write") as writer,
         ):
             reads = deque(
-                reader.submit(self._read, source, groups.popleft(), halo) for _ in range(min(READ_AHEAD, len(groups)))
+                reader.submit(self._read, opened, groups.popleft(), halo) for _ in range(min(READ_AHEAD, len(groups)))
             )
             writes: deque[Future] = deque()
             while reads:
                 batch = reads.popleft().result()
                 if groups:
-                    reads.append(reader.submit(self._read, source, groups.popleft(), halo))
+                    reads.append(reader.submit(self._read, opened, groups.popleft(), halo))
                 output = self.predict.launch(batch.stack) if batch.run else None
                 writes.append(writer.submit(self._write, sink, batch, output, halo, progress))
                 del batch, output  # the writer's now: the next launch must not find this output still held here
@@ -96,6 +98,7 @@ class LocalEngine:
                     writes.popleft().result()
             for done in writes:
                 done.result()
+        return opened.bytes_read
 
     def _read(self, source: Source, cores: list[Window], halo: int) -> tiles.TileBatch:
         with timed(self.timings, "read"):

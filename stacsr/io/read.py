@@ -1,30 +1,41 @@
-"""Reading rasters remotely: GDAL settings for cloud reads, bounded retries, whole small GeoTIFFs, scenes.
+"""Reading rasters remotely: GDAL settings for cloud reads, bounded retries, rasters held open, whole small
+GeoTIFFs, scenes.
 
-Windows of items and files for tiles are read by :mod:`stacsr.io.source` (only the blocks a window needs,
-by HTTP range requests on COGs). Error messages name the asset and strip query strings, so no token is
-ever printed.
+Windows of items and files for tiles are read by :mod:`stacsr.io.source` through :class:`HeldRaster`: each
+raster opened once per item, read in whole blocks (HTTP range requests on COGs), decoded blocks kept in a small
+LRU so that neighbouring tiles reuse them. Error messages name the asset and strip query strings, so no token
+is ever printed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import rasterio
 from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window as RioWindow
 
-from stacsr.io.grid import GeoBox, GridError, from_rasterio
+from stacsr.io.grid import GeoBox, GridError, Window, from_rasterio
 from stacsr.plumbing.redaction import first_line, redact
 from stacsr.plumbing.retry import retry
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 T = TypeVar("T")
 # GDAL settings for cloud reads: no directory listing, bounded timeouts, retries on transient HTTP errors
-# (429 and 5xx, with back-off; timeouts too). The same variables in the environment win (an operator's tuning).
+# (429 and 5xx, with back-off; timeouts too), a COG's header in one request. What /vsicurl/ fetched is kept
+# while a file is open (an item's rasters are held open: HeldRaster), not across opens: a range cut short
+# mid-body can stay in that cache and fail every retry, so a retry reopens the raster and fetches again.
+# The same variables in the environment win (an operator's tuning).
 _GDAL_DEFAULTS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "5",
@@ -34,8 +45,9 @@ _GDAL_DEFAULTS = {
     "GDAL_HTTP_CONNECTTIMEOUT": "15",
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "VSI_CACHE": "TRUE",  # blocks cached while a file is open …
+    "VSI_CACHE": "TRUE",  # bytes cached while a file is open …
     "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/:/vsis3/:/vsigs/:/vsiaz/",  # … not across opens: a retry refetches
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",  # the header (and the file's size) in the first GET: no HEAD
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
 }
 GDAL_ENV = {k: os.environ.get(k, v) for k, v in _GDAL_DEFAULTS.items()}
@@ -87,6 +99,176 @@ def read_raster(href: str) -> Raster:
         raise ReadError(f"cannot read {redact(href)}: {first_line(e)}") from None
     except GridError as e:
         raise ReadError(f"{redact(href)}: {e}") from None
+
+
+# ------------------------------------------------------------------ rasters held open for an item
+
+MIN_CHUNK = 256  # pixels: blocks smaller than this (strips, small tiles) are read several at a time
+
+
+class HeldRaster:
+    """One raster held open while an item is read: bands ``indexes`` read together, in whole blocks.
+
+    ``href()`` gives the href to read now (a signed one may change: the raster is then reopened). Reads go
+    through a lock (a GDAL dataset is not thread-safe), each one under :data:`GDAL_ENV` and
+    :func:`with_retries` (a failed read closes the raster and calls ``renew()``, so a retry opens it again,
+    signed anew).
+
+    On the declared ``grid`` a raster is read in chunks of whole blocks (its own block shape, several blocks
+    when they are smaller than :data:`MIN_CHUNK`), decoded once and kept in an LRU of at most
+    ``2 × ⌈width / chunk width⌉ + 2`` chunks: two rows of chunks across the raster, what row-major tiles with a
+    halo need (for a Sentinel-2 10 m band, 1024² blocks: 24 × 2 MiB). A raster whose own grid differs is
+    resampled (nearest) onto ``grid`` by a WarpedVRT, exactly the window asked (the warp depends on it).
+
+    ``blocks_read`` and ``bytes_read`` count the file's blocks fetched and their compressed bytes.
+    """
+
+    def __init__(
+        self, href: Callable[[], str], indexes: Sequence[int], grid: GeoBox, renew: Callable[[], None] | None = None
+    ) -> None:
+        self._href, self.indexes, self.grid, self._renew = href, tuple(indexes), grid, renew
+        self._lock = threading.Lock()
+        self._opened: str | None = None
+        self._src: Any = None
+        self._vrt: Any = None
+        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._counted: set[tuple[int, int]] = set()
+        self.blocks_read = self.bytes_read = 0
+
+    def read(self, window: Window) -> np.ndarray:
+        """DN ``(len(indexes), h, w)`` of ``window`` (inside ``grid``), in the file's dtype."""
+        with self._lock:
+            if not with_retries(self._open_now):
+                return with_retries(lambda: self._warped(window))
+            shape = self._chunk_shape
+            rows = range(window.row // shape[0], (window.row + window.height - 1) // shape[0] + 1)
+            cols = range(window.col // shape[1], (window.col + window.width - 1) // shape[1] + 1)
+            parts = {(i, j): self._chunk(i, j) for i in rows for j in cols}
+        out = np.empty((len(self.indexes), window.height, window.width), dtype=next(iter(parts.values())).dtype)
+        for (i, j), chunk in parts.items():
+            r0, c0 = i * shape[0], j * shape[1]
+            rs = slice(max(r0, window.row), min(r0 + chunk.shape[1], window.row + window.height))
+            cs = slice(max(c0, window.col), min(c0 + chunk.shape[2], window.col + window.width))
+            out[:, rs.start - window.row : rs.stop - window.row, cs.start - window.col : cs.stop - window.col] = chunk[
+                :, rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0
+            ]
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    # -- under the lock
+
+    def _open_now(self) -> bool:
+        """Open (again, when closed or its href changed); whether the raster is on ``grid`` itself."""
+        href = self._href()
+        if self._src is None or href != self._opened:
+            try:
+                self._open(href)
+            except Exception as e:
+                raise self._failed(e) from None
+        return self._vrt is None
+
+    def _open(self, href: str) -> None:
+        self._close()
+        with rasterio.Env(**GDAL_ENV):
+            src = rasterio.open(href)
+            try:
+                if not same_grid(src, self.grid):
+                    rows, cols = self.grid.shape.yx
+                    crs, affine = self.grid.crs.to_wkt(), self.grid.affine
+                    self._vrt = WarpedVRT(src, crs=crs, transform=affine, width=cols, height=rows, nodata=0)
+            except BaseException:
+                src.close()
+                raise
+        self._src, self._opened = src, href
+        bh, bw = src.block_shapes[0]
+        self._block = (bh, bw)
+        self._chunk_shape = (bh * math.ceil(MIN_CHUNK / bh), bw * math.ceil(MIN_CHUNK / bw))
+        self._capacity = 2 * math.ceil(src.width / self._chunk_shape[1]) + 2
+        pixel = src.count == 1 or src.interleaving is None or src.interleaving.name == "pixel"
+        self._size_bands = self.indexes[:1] if pixel else self.indexes
+
+    def _failed(self, e: Exception) -> Exception:
+        """After a failed read: closed (a retry reopens it, signed again when it can be: a token may have been
+        refused); the error, naming the GDAL error that rasterio's "see previous exception" hides."""
+        self._close()
+        if self._renew is not None:
+            self._renew()
+        cause = e.__cause__
+        return RasterioIOError(f"read failed: {cause}") if "previous exception" in str(e) and cause else e
+
+    def _close(self) -> None:
+        for d in (self._vrt, self._src):
+            if d is not None:
+                d.close()
+        self._src = self._vrt = self._opened = None
+
+    def _chunk(self, i: int, j: int) -> np.ndarray:
+        if (i, j) in self._chunks:
+            self._chunks.move_to_end((i, j))
+            return self._chunks[(i, j)]
+        data = with_retries(lambda: self._fetch(i, j))
+        self._chunks[(i, j)] = data
+        while len(self._chunks) > self._capacity:
+            self._chunks.popitem(last=False)
+        return data
+
+    def _fetch(self, i: int, j: int) -> np.ndarray:
+        self._open_now()
+        (ch, cw), src = self._chunk_shape, self._src
+        r0, c0 = i * ch, j * cw
+        window = RioWindow(c0, r0, min(cw, src.width - c0), min(ch, src.height - r0))
+        try:
+            with rasterio.Env(**GDAL_ENV):
+                data = src.read(self.indexes, window=window)
+        except Exception as e:
+            raise self._failed(e) from None
+        (bh, bw), size = self._block, src.block_size
+        blocks = [(i, j) for i in range(r0 // bh, (r0 + window.height - 1) // bh + 1)
+                  for j in range(c0 // bw, (c0 + window.width - 1) // bw + 1)]  # fmt: skip
+        self.blocks_read += len(blocks)
+        self.bytes_read += sum(size(b, i, j) for i, j in blocks for b in self._size_bands)
+        return data
+
+    def _warped(self, window: Window) -> np.ndarray:
+        self._open_now()
+        rio_window = RioWindow(window.col, window.row, window.width, window.height)
+        try:
+            with rasterio.Env(**GDAL_ENV):
+                # band by band, as a fresh WarpedVRT would: the warp's chunks depend on what is read at once
+                data = np.stack([self._vrt.read(b, window=rio_window) for b in self.indexes])
+                bounds = transform_bounds(self.grid.crs.to_wkt(), self._src.crs, *self._bounds(window))
+        except Exception as e:
+            raise self._failed(e) from None
+        touched = self._src.window(*bounds)
+        (bh, bw), src = self._block, self._src
+        r0, r1 = max(0, int(touched.row_off) - 1), min(src.height, int(touched.row_off + touched.height) + 2)
+        c0, c1 = max(0, int(touched.col_off) - 1), min(src.width, int(touched.col_off + touched.width) + 2)
+        blocks = {(i, j) for i in range(r0 // bh, (r1 - 1) // bh + 1) for j in range(c0 // bw, (c1 - 1) // bw + 1)}
+        blocks = blocks if r0 < r1 and c0 < c1 else set()
+        for i, j in blocks - self._counted:  # GDAL keeps the source's blocks while the raster is open: once each
+            self.blocks_read += 1
+            self.bytes_read += sum(src.block_size(b, i, j) for b in self._size_bands)
+        self._counted |= blocks
+        return data
+
+    def _bounds(self, window: Window) -> tuple[float, float, float, float]:
+        a = self.grid.affine
+        xs = (a.c + window.col * a.a, a.c + (window.col + window.width) * a.a)
+        ys = (a.f + window.row * a.e, a.f + (window.row + window.height) * a.e)
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+def same_grid(src: Any, grid: GeoBox) -> bool:
+    """Whether the open raster ``src`` lies on ``grid`` itself (its pixels need no resampling)."""
+    return (
+        (src.height, src.width) == tuple(grid.shape.yx)
+        and src.crs is not None
+        and src.crs == grid.crs.to_wkt()
+        and np.allclose(tuple(src.transform)[:6], tuple(grid.affine)[:6], atol=1e-6)
+    )
 
 
 # ------------------------------------------------------------------ scenes of local GeoTIFFs

@@ -213,47 +213,44 @@ class TileSink:
             self._datasets[i].write(layers, window=RioWindow(w.col, w.row, w.width, w.height))
             self._pyramids[i].write(w, layers)
 
-    def finish(self, upload: bool = True) -> dict[str, str] | None:
+    def finish(self) -> dict[str, str] | None:
         """Make every COG and put it in place; returns ``{url: href}`` (``None`` when no pixel was valid: then
-        nothing is written). With ``upload=False`` the COGs of object-storage targets stay in the scratch
-        folder and their local paths are returned instead: the caller puts them (:func:`upload`) — the
-        process that holds the storage credentials — and then calls :meth:`abort` to drop the scratch."""
-        done = False
+        nothing is written). The scratch folder and its reservation are dropped either way."""
         try:
             with self._lock, _naming(self.spec.targets[0]):
                 self._stack.close()
             if not self.valid:
                 return None
-            hrefs = self._make_all(upload)
-            done = True
-            return hrefs
+            return self._make_all()
         finally:
-            if upload or not done:
-                self.abort()
+            self.abort()
 
-    def _make_all(self, upload: bool) -> dict[str, str]:
-        """Every target's COG, made side by side (one thread each; GDAL compresses each on all cores), then
-        uploaded one after the other where the target is in object storage (``upload``)."""
+    def _make_all(self) -> dict[str, str]:
+        """Every target's COG made and put in place side by side (one thread each; GDAL compresses each on all
+        cores; object-storage ones uploaded from here as each is made)."""
         targets = self.spec.targets
         with ThreadPoolExecutor(len(targets), thread_name_prefix="stacsr-cog") as pool:
             made = [pool.submit(self._make, t, p) for t, p in zip(targets, self._pyramids)]
-        paths = [m.result() for m in made]  # the first error, once every thread has stopped
-        self.bytes_written = sum(Path(p).stat().st_size for p in paths)
-        return {
-            t.url: upload_one(path, t.url) if upload and storage.is_remote(t.url) else str(path)
-            for t, path in zip(targets, paths)
-        }
+        placed = [m.result() for m in made]  # the first error, once every thread has stopped
+        self.bytes_written = sum(size for _, size in placed)
+        return {t.url: href for t, (href, _) in zip(targets, placed)}
 
-    def _make(self, target: CogTarget, pyramid: Pyramid) -> Path:
-        """``target``'s COG from its intermediate and levels: in place, or in the scratch folder for object
-        storage; the intermediates are removed."""
+    def _make(self, target: CogTarget, pyramid: Pyramid) -> tuple[str, int]:
+        """``target``'s COG from its intermediate and levels, in place (made in the scratch folder and uploaded,
+        for object storage); the intermediates are removed. Returns its href and size in bytes."""
         with rasterio.Env(), _naming(target):
             pyramid.finish()
         source = pyramid.vrt(pyramid.base.with_suffix(".vrt"), target.descriptions, REFLECTANCE_SCALE)
-        local = pyramid.base.with_suffix(".cog.tif") if storage.is_remote(target.url) else Path(target.url)
+        remote = storage.is_remote(target.url)
+        local = pyramid.base.with_suffix(".cog.tif") if remote else Path(target.url)
         path = cog_from_file(source, local, compress=self.spec.compress, overviews="FORCE_USE_EXISTING")
         pyramid.remove()
-        return path
+        size = path.stat().st_size
+        if not remote:
+            return str(path), size
+        href = storage.put(path, target.url)
+        path.unlink(missing_ok=True)
+        return href, size
 
     def abort(self) -> None:
         """Drop everything not yet in place (the intermediates and the scratch folder) and free the reservation."""
@@ -264,17 +261,3 @@ class TileSink:
                 self._folder = None
         finally:
             self._scratch.close()
-
-
-def upload_one(local: Path, url: str) -> str:
-    """Put a finished COG at its object-storage ``url`` (:func:`stacsr.plumbing.storage.put`) and delete it here."""
-    href = storage.put(local, url)
-    Path(local).unlink(missing_ok=True)
-    return href
-
-
-def upload(hrefs: dict[str, str] | None) -> dict[str, str] | None:
-    """The COGs that :meth:`TileSink.finish` left local (``upload=False``) put at their URLs."""
-    if hrefs is None:
-        return None
-    return {url: upload_one(Path(h), url) if storage.is_remote(url) else h for url, h in hrefs.items()}
