@@ -103,7 +103,7 @@ def read_raster(href: str) -> Raster:
 
 # ------------------------------------------------------------------ rasters held open for an item
 
-MIN_CHUNK = 256  # pixels: blocks smaller than this (strips, small tiles) are read several at a time
+MIN_CHUNK = 256  # rows: strips (blocks as wide as the raster) are read this many rows at a time, at least
 
 
 class HeldRaster:
@@ -114,10 +114,11 @@ class HeldRaster:
     :func:`with_retries` (a failed read closes the raster and calls ``renew()``, so a retry opens it again,
     signed anew).
 
-    On the declared ``grid`` a raster is read in chunks of whole blocks (its own block shape, several blocks
-    when they are smaller than :data:`MIN_CHUNK`), decoded once and kept in an LRU of at most
-    ``2 × ⌈width / chunk width⌉ + 2`` chunks: two rows of chunks across the raster, what row-major tiles with a
-    halo need (for a Sentinel-2 10 m band, 1024² blocks: 24 × 2 MiB). A raster whose own grid differs is
+    On the declared ``grid`` a raster is read in chunks of whole blocks (its own blocks; strips several at a
+    time, :data:`MIN_CHUNK` rows at least), decoded once and kept in an LRU that holds the rows of chunks one
+    window spans plus one, across the raster: what row-major tiles with a halo and read-ahead need, so that no
+    block is fetched twice (for a Sentinel-2 10 m band, 1024² blocks and 256-px tiles: 3 × 11 + 2 chunks of
+    2 MiB). Only the blocks that windows touch are fetched. A raster whose own grid differs is
     resampled (nearest) onto ``grid`` by a WarpedVRT, exactly the window asked (the warp depends on it).
 
     ``blocks_read`` and ``bytes_read`` count the file's blocks fetched and their compressed bytes.
@@ -143,7 +144,9 @@ class HeldRaster:
             shape = self._chunk_shape
             rows = range(window.row // shape[0], (window.row + window.height - 1) // shape[0] + 1)
             cols = range(window.col // shape[1], (window.col + window.width - 1) // shape[1] + 1)
-            parts = {(i, j): self._chunk(i, j) for i in rows for j in cols}
+            across = math.ceil(self._src.width / shape[1])
+            self._capacity = max(self._capacity, (len(rows) + 1) * across + 2)
+            parts = self._chunks_of(rows, cols)
         out = np.empty((len(self.indexes), window.height, window.width), dtype=next(iter(parts.values())).dtype)
         for (i, j), chunk in parts.items():
             r0, c0 = i * shape[0], j * shape[1]
@@ -185,8 +188,9 @@ class HeldRaster:
         self._src, self._opened = src, href
         bh, bw = src.block_shapes[0]
         self._block = (bh, bw)
-        self._chunk_shape = (bh * math.ceil(MIN_CHUNK / bh), bw * math.ceil(MIN_CHUNK / bw))
-        self._capacity = 2 * math.ceil(src.width / self._chunk_shape[1]) + 2
+        strips = bw >= src.width
+        self._chunk_shape = (bh * math.ceil(MIN_CHUNK / bh), bw) if strips else (bh, bw)
+        self._capacity = 2 * math.ceil(src.width / bw) + 2
         pixel = src.count == 1 or src.interleaving is None or src.interleaving.name == "pixel"
         self._size_bands = self.indexes[:1] if pixel else self.indexes
 
@@ -205,21 +209,27 @@ class HeldRaster:
                 d.close()
         self._src = self._vrt = self._opened = None
 
-    def _chunk(self, i: int, j: int) -> np.ndarray:
-        if (i, j) in self._chunks:
-            self._chunks.move_to_end((i, j))
-            return self._chunks[(i, j)]
-        data = with_retries(lambda: self._fetch(i, j))
-        self._chunks[(i, j)] = data
+    def _chunks_of(self, rows: range, cols: range) -> dict[tuple[int, int], np.ndarray]:
+        """The chunks ``rows`` × ``cols``: those not held are fetched in one read (one multi-range request)."""
+        missing = [(i, j) for i in rows for j in cols if (i, j) not in self._chunks]
+        if missing:
+            box = (min(i for i, _ in missing), max(i for i, _ in missing) + 1)
+            box += (min(j for _, j in missing), max(j for _, j in missing) + 1)
+            self._chunks.update(with_retries(lambda: self._fetch(*box)))
+        parts = {}
+        for key in ((i, j) for i in rows for j in cols):
+            self._chunks.move_to_end(key)
+            parts[key] = self._chunks[key]
         while len(self._chunks) > self._capacity:
             self._chunks.popitem(last=False)
-        return data
+        return parts
 
-    def _fetch(self, i: int, j: int) -> np.ndarray:
+    def _fetch(self, i0: int, i1: int, j0: int, j1: int) -> dict[tuple[int, int], np.ndarray]:
+        """Chunks ``[i0, i1) × [j0, j1)``, read at once, with the blocks they hold counted."""
         self._open_now()
         (ch, cw), src = self._chunk_shape, self._src
-        r0, c0 = i * ch, j * cw
-        window = RioWindow(c0, r0, min(cw, src.width - c0), min(ch, src.height - r0))
+        r0, c0 = i0 * ch, j0 * cw
+        window = RioWindow(c0, r0, min(j1 * cw, src.width) - c0, min(i1 * ch, src.height) - r0)
         try:
             with rasterio.Env(**GDAL_ENV):
                 data = src.read(self.indexes, window=window)
@@ -230,7 +240,11 @@ class HeldRaster:
                   for j in range(c0 // bw, (c0 + window.width - 1) // bw + 1)]  # fmt: skip
         self.blocks_read += len(blocks)
         self.bytes_read += sum(size(b, i, j) for i, j in blocks for b in self._size_bands)
-        return data
+        return {
+            (i, j): data[:, (i - i0) * ch : (i - i0 + 1) * ch, (j - j0) * cw : (j - j0 + 1) * cw]
+            for i in range(i0, i1)
+            for j in range(j0, j1)
+        }
 
     def _warped(self, window: Window) -> np.ndarray:
         self._open_now()
