@@ -104,10 +104,10 @@ def test_enhance_runs_the_next_items_tiles_while_the_previous_items_cogs_are_mad
             second_started.set()
         return open_(self)
 
-    def finish_after_the_next_item_started(self, upload=True):
+    def finish_after_the_next_item_started(self):
         if self is opened[0]:
             assert second_started.wait(60), "the second item's tiles did not start while the first one's COGs waited"
-        return finish(self, upload)
+        return finish(self)
 
     monkeypatch.setattr(TileSink, "open", open_and_count)
     monkeypatch.setattr(TileSink, "finish", finish_after_the_next_item_started)
