@@ -129,3 +129,16 @@ def test_cli_precision_option(tmp_path):
     assert ok.exit_code == 0, ok.output
     with rasterio.open(tmp_path / "half.tif") as out:
         assert np.abs(block_mean(out.read().astype(np.float64)) - image).max() <= 1.0
+
+
+def test_model_workers_side_by_side_write_what_one_worker_writes(package, tmp_path):
+    """Several model workers (a many-core CPU) finish tiles out of order; the COG is the same bit for bit."""
+    image = np.rint(demo.block_mean(demo.ground(seed=7), SCALE)).astype(np.uint16)[:, :96, :80]
+    src = write_input(tmp_path / "in.tif", image)
+    one, three = LocalEngine(package, workers=1), LocalEngine(package, workers=3, threads=3)
+    assert (one.workers, three.workers) == (1, 3)
+    pipeline.sr_file(src, tmp_path / "one.tif", package, one, tile_size=16)
+    pipeline.sr_file(src, tmp_path / "three.tif", package, three, tile_size=16)
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "three.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+    assert LocalEngine(package, threads=16).workers == 4 and LocalEngine(package, threads=2).workers == 1

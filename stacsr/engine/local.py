@@ -2,7 +2,9 @@
 
 One item streams through threads so that none waits on another: readers read the next batches of tiles
 (their bands side by side) while the model runs on this one, and a writer puts finished tiles into the
-item's sink; the model's device is never idle while tiles are read or written. The item's COGs are then
+item's sink; the model's device is never idle while tiles are read or written. On a CPU, model calls run in
+``workers`` threads side by side (one per :data:`THREADS_PER_WORKER` cores), since one torch call on a small
+tile does not keep many cores busy; outputs are written in tile order whatever finishes first. The item's COGs are then
 made (side by side, compression on all cores) by a finisher thread, while the caller goes on to the next
 item: :meth:`submit`.
 """
@@ -27,6 +29,11 @@ READ_AHEAD = 2  # batches read before the model needs them, side by side (one re
 # WRITES_PENDING + 1 output batches exist at once, in pinned host memory on a GPU (PyTorch's pinned-memory cache
 # rounds each up to a power of two): what bounds the GPU path's host memory, whatever the area.
 WRITES_PENDING = 2
+# On a CPU, model calls run side by side in several threads: torch's intra-op threads scale poorly on small tiles.
+# On this project's 2-core machine, two 1-thread model calls ran 1.46 M px/s against one 2-thread call's 1.38 M, and
+# `sr` was the same either way (1.17–1.18 against 1.11–1.19 M px/s). Not measured on many cores: one model worker
+# per THREADS_PER_WORKER cores is a choice (16 cores: 4 workers of 4 threads), `workers=` overrides it.
+THREADS_PER_WORKER = 4
 
 
 class LocalEngine:
@@ -38,8 +45,15 @@ class LocalEngine:
         precision: str = "fp32",
         timings: Timings | None = None,
         threads: int | None = None,
+        workers: int | None = None,
     ) -> None:
-        self.predict = Predictor(package, device=device, threads=threads, precision=precision, timings=timings)
+        import torch
+
+        cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+        cores = threads or torch.get_num_threads()
+        self.workers = workers or (max(1, cores // THREADS_PER_WORKER) if cpu else 1)
+        per_worker = max(1, cores // self.workers) if cpu else threads
+        self.predict = Predictor(package, device=device, threads=per_worker, precision=precision, timings=timings)
         self.scale = package.card.scale
         self.batch = batch
         self.timings = timings
@@ -69,44 +83,56 @@ class LocalEngine:
         opened = TileSink(sink).open()
         try:
             with item.stage("tiles"):
-                stats.bytes_read = self._stream(source, cores, halo, opened, progress) or 0
+                stats.bytes_read = self._stream(source, cores, halo, opened, progress, item)
         except BaseException:
             opened.abort()
             raise
         return self._finisher.submit(self._finish, opened, stats, item)
 
-    def _stream(self, source: Source, cores: Sequence[Window], halo: int, sink: TileSink, progress) -> int:
-        """Every tile through the model into ``sink``, the source held open meanwhile; its compressed bytes read."""
+    def _stream(
+        self, source: Source, cores: Sequence[Window], halo: int, sink: TileSink, progress, item: Timings
+    ) -> int:
+        """Every tile through the model into ``sink``, the source held open meanwhile; its compressed bytes read.
+        ``item`` receives the busy seconds of each stage (read, model, write: they overlap)."""
         groups = deque(tiles.batches(cores, self.batch))
+        ahead = max(READ_AHEAD, self.workers)
         with (
             source.open() as opened,
-            ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="stacsr-read") as reader,
+            ThreadPoolExecutor(ahead, thread_name_prefix="stacsr-read") as reader,
             ThreadPoolExecutor(1, thread_name_prefix="stacsr-write") as writer,
+            ThreadPoolExecutor(self.workers, thread_name_prefix="stacsr-model") as models,
         ):
             reads = deque(
-                reader.submit(self._read, opened, groups.popleft(), halo) for _ in range(min(READ_AHEAD, len(groups)))
+                reader.submit(self._read, opened, groups.popleft(), halo, item) for _ in range(min(ahead, len(groups)))
             )
             writes: deque[Future] = deque()
             while reads:
                 batch = reads.popleft().result()
                 if groups:
-                    reads.append(reader.submit(self._read, opened, groups.popleft(), halo))
-                output = self.predict.launch(batch.stack) if batch.run else None
-                writes.append(writer.submit(self._write, sink, batch, output, halo, progress))
+                    reads.append(reader.submit(self._read, opened, groups.popleft(), halo, item))
+                output = models.submit(self._launch, batch, item) if batch.run else None
+                writes.append(writer.submit(self._write, sink, batch, output, halo, progress, item))
                 del batch, output  # the writer's now: the next launch must not find this output still held here
-                while len(writes) > WRITES_PENDING:
+                while len(writes) > WRITES_PENDING + self.workers - 1:
                     writes.popleft().result()
             for done in writes:
                 done.result()
         return opened.bytes_read
 
-    def _read(self, source: Source, cores: list[Window], halo: int) -> tiles.TileBatch:
-        with timed(self.timings, "read"):
+    def _read(self, source: Source, cores: list[Window], halo: int, item: Timings) -> tiles.TileBatch:
+        with timed(self.timings, "read"), item.stage("read"):
             return tiles.read_tiles(source, cores, halo)
 
-    def _write(self, sink: TileSink, batch: tiles.TileBatch, output, halo: int, progress) -> None:
-        results = tiles.finish_tiles(batch, output() if output is not None else None, halo, self.scale)
-        with timed(self.timings, "write"):
+    def _launch(self, batch: tiles.TileBatch, item: Timings):
+        with item.stage("model"):
+            return self.predict.launch(batch.stack)
+
+    def _write(self, sink: TileSink, batch: tiles.TileBatch, output, halo: int, progress, item: Timings) -> None:
+        """The batch's model output (``output``: a future of the launched call, None when no tile ran) into ``sink``."""
+        with item.stage("model"):  # the model worker's call, and on a GPU the wait for the device's output
+            output = output.result()() if output is not None else None
+        results = tiles.finish_tiles(batch, output, halo, self.scale)
+        with timed(self.timings, "write"), item.stage("write"):
             sink.write(results)
         if progress is not None:
             progress.advance(len(results))

@@ -12,7 +12,9 @@ class RunStats:
     """Where an item ran and what it cost (the run report's per-item record)."""
 
     node: str = ""  # host name, and the Ray node id on a cluster
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage: tiles (read, model, write), cog (+upload)
+    # wall seconds of the tile phase ("tiles") and of making and placing the COGs ("cog", uploads included), and the
+    # busy seconds of the tile phase's stages ("read", "model", "write"), which overlap one another
+    seconds: dict[str, float] = field(default_factory=dict)
     bytes_read: int = 0  # compressed source bytes fetched (the source blocks read)
     bytes_written: int = 0  # bytes of the COGs written or uploaded
     started: float = 0.0  # Unix time the item's first tile was read
