@@ -10,7 +10,10 @@ pgstac STAC API (both from the environment / command line). Then:
    storage credentials (they must come from the nodes' environment, never from the driver);
 2. the same ``batch`` in-process: bit-identical COGs;
 3. ``batch`` again, one item at a time, with the worker node that runs the first item removed while that item is
-   in flight: it completes on the other node, identical, published once.
+   in flight: it completes on the other node, identical, published once;
+4. a node that joins mid-run, as an autoscaled one: with the one worker left held busy, a batch's items queue,
+   and the new node runs them;
+5. a local output folder: used when every node sees it, refused in one line when one does not.
 
 Prints one JSON object (what the test asserts on). Usage: ``cluster_check.py OUT STAC_URL COLLECTION BBOX_JSON``.
 """
@@ -136,6 +139,11 @@ def run_checks(cluster, workers, out: Path, stac_url: str, collection: str, bbox
     result["lost_identical"] = identical(bucket, "lost", "local")
     result["lost_published"] = published(stac_url, f"{collection}-lost")
 
+    # 5 (before 4, which patches the probe). A node that joins mid-run (as an autoscaled one) takes waiting items:
+    # the one worker left is held busy, so both items queue; a new node joins and runs them
+    grown = Recorder(RayEngine(package))  # items_in_flight unset: as many as the cluster holds
+    result.update(grow(cluster, out, lambda: run(spec("grown", None), grown), grown))
+
     # 4. a local output folder: taken when every node sees it (one machine: it is shared), refused otherwise
     from stacsr.engine import ray_items
 
@@ -150,6 +158,42 @@ def run_checks(cluster, workers, out: Path, stac_url: str, collection: str, bbox
         result["refused"] = str(e)
     result["marker_left"] = [p.name for p in folder.iterdir()]
     return result
+
+
+def grow(cluster, out: Path, run, engine) -> dict:
+    """Hold the only worker's CPU, start a batch (its items queue), add a node: the items run there."""
+    import ray
+
+    release = out / "release-the-worker"
+
+    @ray.remote(num_cpus=1)
+    def hold(path: str) -> None:
+        while not os.path.exists(path):
+            time.sleep(0.05)
+
+    held = hold.remote(str(release))
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) >= 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reports: list = []
+    batch = threading.Thread(target=lambda: reports.append(run()))
+    batch.start()
+    time.sleep(2)  # the batch has planned and submitted its items: they wait for a CPU
+    queued = not engine.runs
+    scratch = out / "scratch-new"
+    scratch.mkdir()
+    node = cluster.add_node(num_cpus=1, object_store_memory=150 << 20, env_vars={"STACSR_SCRATCH": str(scratch)})
+    while not engine.runs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.touch()
+    ray.get(held)
+    batch.join(120)
+    return {
+        "grown_queued": queued,
+        "grown_node": node.node_id,
+        "grown_done": reports[0]["items"]["done"] if reports else None,
+        "grown_item_nodes": [r.stats.node.split()[-1] for r in engine.runs],
+    }
 
 
 def overlap(runs) -> int:

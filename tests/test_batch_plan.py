@@ -200,7 +200,9 @@ def test_the_report_is_written_as_items_finish(sources, pgstac, tmp_path, monkey
     assert final["finished"] and final["items"]["to_do"] == 0 and final == {**report, "updated": final["updated"]}
     for o in final["outcomes"]:
         assert o["status"] == "done" and o["node"].split()[0] == socket.gethostname()
-        assert set(o["stages"]) == {"tiles", "cog"} and all(v > 0 for v in o["stages"].values())
+        assert set(o["stages"]) == {"read", "model", "write", "tiles", "cog"} and all(
+            v > 0 for v in o["stages"].values()
+        )
         assert o["bytes_read"] > 0 and o["finished"] >= o["started"] > 0
         cogs = (out / f"{COLLECTION}-sr" / o["item"]).glob("*.tif")
         assert o["bytes_written"] == sum(p.stat().st_size for p in cogs)

@@ -50,6 +50,7 @@ def test_batch_on_three_nodes_runs_each_item_on_one_node(sources, pgstac, s3, tm
     assert result["cluster_done"] == 2
     assert set(result["item_nodes"]) == workers and result["head"] not in result["item_nodes"], result
     assert result["overlap"] == 2, result
+    assert {node.split()[-1] for node in result["report_nodes"]} == workers  # the run report says where each ran
     assert result["identical"]
     # the storage credentials reached the nodes through their environment only
     assert result["tasks_inspected"] == 2 and not result["secret_sent"]
@@ -58,6 +59,9 @@ def test_batch_on_three_nodes_runs_each_item_on_one_node(sources, pgstac, s3, tm
     assert result["lost_node"] not in result["lost_item_nodes"], result
     assert result["lost_identical"] and result["lost_overlap"] == 1  # items_in_flight 1: one at a time
     assert len(result["lost_published"]) == 2 == len(set(result["lost_published"]))
+    # a node that joins mid-run (as an autoscaled one does) takes the items waiting for room
+    assert result["grown_queued"] and result["grown_done"] == 2, result
+    assert result["grown_node"] in result["grown_item_nodes"], result
     # a local output folder on several nodes: used when every node sees it, else refused before any work
     assert result["refused"] and "not on a filesystem the cluster's nodes share" in result["refused"]
     assert "\n" not in result["refused"] and result["marker_left"] == []

@@ -65,7 +65,7 @@ class Outcome:
     tiles: int = 0
     seconds: float = 0.0  # the whole item, as the driver saw it (done-check, run, publish)
     node: str = ""  # where it ran (host, and Ray node id on a cluster): stacsr.engine.RunStats
-    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage on its node: tiles, cog
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage on its node (RunStats.seconds)
     bytes_read: int = 0  # compressed source bytes fetched
     bytes_written: int = 0  # bytes of its COGs written or uploaded
     started: float = 0.0  # Unix time its first tile was read (0: it never ran)
