@@ -15,7 +15,8 @@ from rich.table import Table
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Super-resolution of Sentinel-2 L2A (10 m → 2.5 m) from STAC catalogues to COGs and STAC items.",
+    help="Super-resolution of Sentinel-2 L2A (10 m → 2.5 m) from STAC catalogues to COGs and STAC items. "
+    "Runs in this process, unless --ray, --address or $RAY_ADDRESS ask for Ray (then each item runs on one node).",
 )
 console = Console(stderr=True)
 out = Console()
