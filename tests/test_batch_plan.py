@@ -22,26 +22,11 @@ from stacsr.catalog.presets import resolve
 from stacsr.cli import app
 from stacsr.engine import LocalEngine
 from stacsr.model import package as M
-from tests.fixtures import scenes as SC
-from tests.test_batch import AOI, BANDS, COLLECTION
+from tests.test_batch import AOI, BANDS, COLLECTION, sources  # noqa: F401  (the same four items, module-scoped)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pystac-client: DoesNotConformTo SORT
 
 OTHER = "s2-batch-other"
-
-
-@pytest.fixture(scope="module")
-def sources(pgstac, blob_server):
-    """Four searchable items (the demo scenes, twice under other ids)."""
-    first = SC.make_scenes(blob_server, "earth-search", collection=COLLECTION)
-
-    def later(item):
-        item["id"] += "-later"
-        item["properties"]["datetime"] = item["properties"]["datetime"].replace("2024", "2025")
-
-    second = SC.make_scenes(blob_server, "earth-search", collection=COLLECTION, edit=later)
-    scenes = SC.Scenes("earth-search", COLLECTION, first.folder, first.items + second.items)
-    yield from SC.loaded(pgstac, scenes)
 
 
 def spec_dict(stac_url: str, out: Path, **over) -> dict:
@@ -89,7 +74,7 @@ def check_80_columns(text: str) -> None:
     assert all(len(line) <= 80 for line in text.splitlines()), text
 
 
-def test_dry_run_plans_and_writes_nothing_then_uses_the_earlier_run(sources, pgstac, tmp_path, monkeypatch):
+def test_dry_run_plans_and_writes_nothing_then_uses_the_earlier_run(sources, pgstac, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "out"
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(spec_dict(pgstac.url, out)))
@@ -178,7 +163,7 @@ def test_dry_run_table_fits_80_columns_with_big_numbers(monkeypatch, tmp_path):
     assert P.size(41.2e12) == "41.2 TB" and P.size(5.07e9) == "5.07 GB" and P.size(999) == "999 B"
 
 
-def test_the_report_is_written_as_items_finish(sources, pgstac, tmp_path, monkeypatch):
+def test_the_report_is_written_as_items_finish(sources, pgstac, tmp_path, monkeypatch):  # noqa: F811
     """Each item finished rewrites the report (interval 0), which tells the items still to do and
     ``finished: false`` until the end; per item: node, seconds per stage, bytes read and written."""
     out = tmp_path / "out"
@@ -226,7 +211,7 @@ def test_node_seconds_count_overlapping_items_once():
     assert B.node_seconds(o) == 12.0 + 4.0 + 3.0
 
 
-def test_a_run_publishes_into_two_output_collections(sources, pgstac, tmp_path, monkeypatch):
+def test_a_run_publishes_into_two_output_collections(sources, pgstac, tmp_path, monkeypatch):  # noqa: F811
     """Items from two source collections, no ``publish.collection``: both ``<source>-sr`` collections are created
     in the STAC API and hold their items (one collection-ready flag for all once left the second uncreated)."""
     plan = B.plan
