@@ -258,7 +258,9 @@ def test_derived_from_link_has_no_query_string(written, sources):
 def test_no_secret_in_any_written_file(published):
     root = published[0]
     files = [p for p in root.rglob("*") if p.is_file()]
-    assert len([p for p in files if p.suffix == ".tif"]) == 4 and len([p for p in files if p.suffix == ".json"]) == 3
+    # catalog, collection, tile and year sub-catalogues, item; and the index
+    assert len([p for p in files if p.suffix == ".tif"]) == 4 and len([p for p in files if p.suffix == ".json"]) == 5
+    assert [p for p in files if p.suffix == ".parquet"]
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
 
@@ -287,7 +289,7 @@ def test_catalogue_layout_and_collection(published, written):
 def test_all_hrefs_are_relative_and_resolve(published):
     root = published[0]
     documents = list(root.rglob("*.json"))
-    assert len(documents) == 3
+    assert len(documents) == 5
     for path in documents:
         text = path.read_text()
         assert str(root) not in text and str(root.resolve()) not in text, path
@@ -311,8 +313,8 @@ def test_publishing_the_same_item_twice_keeps_one(tmp_path, sources, package):
     publish_static(tmp_path, [item], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     again, _ = make_output(tmp_path, sources[0], GRID1, package, seed=1)
     publish_static(tmp_path, [again], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
-    collection = read_json(tmp_path / COLLECTION / "collection.json")
-    assert [link["rel"] for link in collection["links"]].count("item") == 1
+    year = read_json(tmp_path / COLLECTION / "32UPU" / "2021" / "catalog.json")  # <tile>/<year> sub-catalogue
+    assert [link["rel"] for link in year["links"]].count("item") == 1
     assert len(list(tmp_path.rglob("*_sr.json"))) == 1
     assert len(list(pystac.Catalog.from_file(str(tmp_path / "catalog.json")).get_items(recursive=True))) == 1
 
@@ -326,8 +328,14 @@ def test_publishing_another_item_adds_it_and_extends_the_extent(tmp_path, source
     second, _ = make_output(tmp_path, sources[1], GRID2, package, seed=2)
     publish_static(tmp_path, [second], output_collection_id("sentinel-2-l2a"), model_ref(package), "sentinel-2-l2a")
     collection = read_json(tmp_path / COLLECTION / "collection.json")
-    item_links = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
-    assert item_links == sorted(f"./{i}/{i}.json" for i in (first.id, second.id))
+    tiles = {first.properties["s2:mgrs_tile"]: "2021", second.properties["s2:mgrs_tile"]: "2024"}
+    assert len(tiles) == 2  # one sub-catalogue per tile, then one per year, which links the items
+    assert sorted(link["href"] for link in collection["links"] if link["rel"] == "child") == sorted(
+        f"./{t}/catalog.json" for t in tiles
+    )
+    for item, (tile, year) in zip((first, second), tiles.items()):
+        leaf = read_json(tmp_path / COLLECTION / tile / year / "catalog.json")
+        assert [link["href"] for link in leaf["links"] if link["rel"] == "item"] == [f"../../{item.id}/{item.id}.json"]
     assert [link["rel"] for link in read_json(tmp_path / "catalog.json")["links"]].count("child") == 1
 
     (bbox,) = collection["extent"]["spatial"]["bbox"]

@@ -1,10 +1,6 @@
-"""Publishing items as a static, self-contained STAC catalogue (relative hrefs) next to the COGs.
-
-Layout under the output folder::
-
-    catalog.json
-    <collection>/collection.json
-    <collection>/<item>/<item>.json        (+ the item's COGs beside it)
+"""Publishing items: into a static, self-contained STAC catalogue (relative hrefs) next to the COGs
+(:mod:`stacsr.catalog.static`, which has the layout), or into a STAC API (:class:`ApiPublisher`); and the
+model that made them, published beside them (:func:`publish_model`).
 
 Publishing into a folder that already holds a stacsr catalogue adds to it; an item with the same id
 replaces the old one (a re-run never duplicates).
@@ -13,41 +9,17 @@ replaces the old one (a re-run never duplicates).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import pystac
 
 from stacsr.catalog.items import ModelRef, build_collection, check_name
+from stacsr.catalog.static import CATALOG_ID, item_folder, publish
 from stacsr.plumbing import storage
 from stacsr.plumbing.retry import retry
 
-CATALOG_ID = "stacsr"
-
-
-class _AsWrittenStacIO(pystac.stac_io.DefaultStacIO):
-    """Reads the existing catalogue as written, without pystac's migration, which would rewrite the
-    items already there (``proj:epsg`` -> ``proj:code``, projection v2.0.0) and lose stackstac 0.5."""
-
-    def stac_object_from_dict(self, d, href=None, root=None, preserve_dict=True):  # type: ignore[override]
-        kind = pystac.serialization.identify_stac_object_type(d)
-        cls = {pystac.STACObjectType.ITEM: pystac.Item, pystac.STACObjectType.COLLECTION: pystac.Collection}
-        obj = cls.get(kind, pystac.Catalog).from_dict(
-            d, href=href, root=root, migrate=False, preserve_dict=preserve_dict
-        )
-        obj._stac_io = self
-        return obj
-
-    def write_text_to_href(self, href: str, txt: str) -> None:  # type: ignore[override]
-        """Each JSON file atomically (a temporary file renamed into place): never half a document."""
-        with storage.atomic_file(href) as tmp:
-            tmp.write_text(txt, encoding="utf-8")
-
-
-def item_folder(root: str | Path, collection_id: str, item_id: str) -> Path:
-    """Where an item's JSON and COGs live (pystac's best-practice layout)."""
-    return Path(root) / collection_id / item_id
+__all__ = ["CATALOG_ID", "item_folder", "publish_static", "publish_model", "ApiPublisher", "PublishError"]
 
 
 def publish_static(
@@ -57,45 +29,9 @@ def publish_static(
     model: ModelRef,
     source_collection: str | None = None,
 ) -> Path:
-    """Add ``items`` to collection ``collection_id`` of the catalogue at ``root`` (created when absent);
-    returns the catalog.json path."""
-    root = Path(root)
-    catalog_file = root / "catalog.json"
-    if catalog_file.exists():
-        catalog = pystac.Catalog.from_file(str(catalog_file), stac_io=_AsWrittenStacIO())
-    else:
-        catalog = pystac.Catalog(CATALOG_ID, "Super-resolved Sentinel-2 imagery written by stacsr.", title="stacsr")
-    new = build_collection(items, collection_id, model, source_collection)
-    collection = catalog.get_child(new.id)
-    if collection is None:
-        collection = new
-        catalog.add_child(collection)
-    for item in items:
-        if collection.get_item(item.id) is not None:
-            collection.remove_item(item.id)
-        collection.add_item(item)
-    collection.update_extent_from_items()
-    catalog.normalize_hrefs(str(root.absolute()) + os.sep)  # a folder, even when its name has a dot (run.v2)
-    catalog.make_all_asset_hrefs_relative()
-    for item in items:
-        _relative_links(item, root.absolute())
-    stac_io = _AsWrittenStacIO()
-    for item in items:  # the new items first: a catalogue or collection never links to an item not yet written
-        item.save_object(include_self_link=False, stac_io=stac_io)
-    catalog.save(pystac.CatalogType.SELF_CONTAINED, stac_io=stac_io)
-    return catalog_file
-
-
-def _relative_links(item: pystac.Item, root: Path) -> None:
-    """Links of ``item`` to local files inside ``root`` (the model's MLM item) made relative to the item, as
-    a self-contained catalogue needs; pystac does this for hierarchical links only."""
-    folder = Path(item.get_self_href()).parent
-    for link in item.links:
-        if link.is_hierarchical() or link.rel == "self" or link.is_resolved():
-            continue
-        href = link.get_href(transform_href=False)
-        if href and "://" not in href and os.path.isabs(href) and Path(href).is_relative_to(root):
-            link.target = os.path.relpath(href, folder)
+    """Add ``items`` to collection ``collection_id`` of the catalogue at ``root`` (created when absent), at a
+    cost that does not grow with the catalogue, safely beside other writers; returns the catalog.json path."""
+    return publish(root, items, build_collection(items, collection_id, model, source_collection))
 
 
 # ------------------------------------------------------------------ the model, published with its outputs
