@@ -64,14 +64,18 @@ def parts(root: Path) -> list[Path]:
     return sorted(folder(root).glob("L*.parquet"))
 
 
-def _write(where: Path, rows: Iterable[Mapping[str, Any]] | Any, level: int) -> Path:
+def _name(level: int) -> str:
+    return f"L{level}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def _write(where: Path, rows: Iterable[Mapping[str, Any]] | Any, level: int, name: str | None = None) -> Path:
     """A new file at ``level`` in folder ``where`` from item dicts or an Arrow table, written atomically."""
     import pyarrow as pa
     import stac_geoparquet.arrow as sga
     from stac_geoparquet.arrow._api import stac_items_to_arrow  # the public parse_* logs psutil figures per call
 
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([stac_items_to_arrow(list(rows))])
-    name = f"L{level}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    name = name or _name(level)
     dest = where / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{name}.part"
@@ -111,15 +115,16 @@ def _level(path: Path) -> int:
 def merge(root: Path, inputs: list[Path], level: int) -> Path:
     """One file at ``level`` with the rows of ``inputs``, which are then removed. The intent is recorded
     first, so that a merge a killed writer left half done is finished by :func:`finish_merge`."""
-    intent = folder(root) / MERGING
-    output = _write(folder(root), _read(inputs), level)
-    intent.write_text(json.dumps({"output": output.name, "inputs": [p.name for p in inputs]}))
+    name = _name(level)
+    (folder(root) / MERGING).write_text(json.dumps({"output": name, "inputs": [p.name for p in inputs]}))
+    output = _write(folder(root), _read(inputs), level, name)
     finish_merge(root)
     return output
 
 
 def finish_merge(root: Path) -> None:
-    """Remove the inputs of a merge whose output was written (see :func:`merge`)."""
+    """Remove the inputs of a merge whose output was written, or forget one that wrote nothing (see
+    :func:`merge`)."""
     intent = folder(root) / MERGING
     if not intent.is_file():
         return
@@ -128,6 +133,18 @@ def finish_merge(root: Path) -> None:
         for name in done["inputs"]:
             (folder(root) / name).unlink(missing_ok=True)
     intent.unlink()
+
+
+def clean(root: Path) -> None:
+    """Remove the temporary files and staging folders of writers that were killed (the caller holds the lock);
+    finish a merge they left half done."""
+    import shutil
+
+    for tmp in folder(root).glob(".*.part"):
+        tmp.unlink(missing_ok=True)
+    for staging in Path(root).glob(f".{INDEX}.rebuild-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    finish_merge(root)
 
 
 def remove(root: Path, ids: set[str]) -> None:

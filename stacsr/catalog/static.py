@@ -117,6 +117,8 @@ def publish(root: str | Path, items: Sequence[pystac.Item], collection: pystac.C
     template["links"] = []
     with locked(root):
         repair(root, locked_already=True)
+        if (root / "catalog.json").is_file() and not index.folder(root).is_dir():
+            index.rebuild(root, walk_items(root))  # once: a catalogue of an earlier version, or a lost index
         for item in items:
             doc = item_document(root, item, collection.id)
             journal = {"collection": template, "item": os.path.relpath(item_file(root, collection.id, item.id), root)}
@@ -133,6 +135,7 @@ def repair(root: str | Path, locked_already: bool = False) -> str | None:
     if not locked_already:
         with locked(root):
             return repair(root, locked_already=True)
+    index.clean(root)  # what a writer killed while writing the index left (none other runs: we hold the lock)
     journal_file = root / JOURNAL
     if not journal_file.is_file():
         return None
@@ -145,6 +148,38 @@ def repair(root: str | Path, locked_already: bool = False) -> str | None:
         _publish_one(root, read_json(path), journal["collection"], written=True)
     journal_file.unlink()
     return journal["item"]
+
+
+def rebuild_index(root: str | Path) -> int:
+    """Finish any half-done publication, then write the index anew from the catalogue; returns its rows."""
+    root = Path(root).absolute()
+    if not (root / "catalog.json").is_file():
+        raise FileNotFoundError(f"{root}: no catalog.json there, not a static catalogue")
+    with locked(root):
+        repair(root, locked_already=True)
+        return index.rebuild(root, walk_items(root))
+
+
+def walk_items(root: str | Path) -> Iterator[tuple[dict[str, Any], Path]]:
+    """Every item of the catalogue at ``root`` as ``(item dict, path)``, following child and item links from
+    catalog.json (the JSON as written: no pystac migration). An item linked twice is given once."""
+    root = Path(root).absolute()
+    seen: set[Path] = set()
+    stack = [root / "catalog.json"]
+    while stack:
+        catalogue = stack.pop()
+        for link in read_json(catalogue).get("links", []):
+            href = link.get("href", "")
+            if link.get("rel") not in ("child", "item") or "://" in href:
+                continue
+            path = Path(os.path.normpath(catalogue.parent / href))
+            if path in seen or not path.is_file():
+                continue
+            seen.add(path)
+            if link["rel"] == "child":
+                stack.append(path)
+            else:
+                yield read_json(path), path
 
 
 # ------------------------------------------------------------------ one item

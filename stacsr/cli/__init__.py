@@ -3,10 +3,11 @@
 
 - :mod:`.common`: the typer app, consoles, shared options, progress, one-line errors, the engine;
 - :mod:`.imagery`: ``search``, ``enhance``, ``batch``, ``sr``, ``demo``;
-- :mod:`.training`: ``pairs``, ``train``, ``export``, ``evaluate``.
+- :mod:`.training`: ``pairs``, ``train``, ``export``, ``evaluate``;
+- :mod:`.catalogue`: ``catalog index``.
 """
 
-from stacsr.cli import imagery, training  # noqa: F401  (registers the commands)
+from stacsr.cli import catalogue, imagery, training  # noqa: F401  (registers the commands)
 from stacsr.cli.common import app
 
 __all__ = ["app"]
