@@ -59,7 +59,7 @@ def cog(href: str) -> np.ndarray:
 
 
 def test_readme_has_the_recipes():
-    assert set(recipes()) == {"odc-stac", "stackstac", "rasterio", "STAC API"}
+    assert set(recipes()) == {"odc-stac", "stackstac", "rasterio", "stac-geoparquet index", "STAC API"}
 
 
 def check_model_link(item: dict, read) -> None:
@@ -94,6 +94,19 @@ def check_static(out: Path) -> None:
     expected = cog(ns["docs"][0]["assets"]["B04"]["href"])
     assert (expected > 0).any() and np.array_equal(ns["stack"].sel(band="B04").isel(time=0).values, expected)
     assert np.array_equal(ns["red"], expected)  # the rasterio recipe
+    check_index_recipe(out)
+
+
+def check_index_recipe(out: Path) -> None:
+    """The index recipe: a row per item of the catalogue, and odc-stac reads the pixels from its hrefs."""
+    import pystac
+
+    ns = run(["stac-geoparquet index"], {'Path("munich")': f"Path({str(out)!r})"})
+    catalogue = {i.id: i for i in pystac.Catalog.from_file(str(out / "catalog.json")).get_items(recursive=True)}
+    assert sorted(ns["frame"].id) == sorted(catalogue)
+    [item] = ns["items"]
+    expected = cog(catalogue[item.id].assets["B04"].get_absolute_href())
+    assert (expected > 0).any() and np.array_equal(ns["red"], expected)
 
 
 def test_recipes_on_enhance_outputs(tmp_path):
