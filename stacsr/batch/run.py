@@ -28,7 +28,14 @@ import pystac
 from stacsr.batch.spec import Area, JobSpec, area_bbox
 from stacsr.catalog.items import build_collection, output_names
 from stacsr.catalog.presets import Preset
-from stacsr.catalog.publish import ApiPublisher, item_folder, publish_model, publish_static
+from stacsr.catalog.publish import (
+    ApiPublisher,
+    GroupPublisher,
+    PublishError,
+    item_folder,
+    publish_model,
+    publish_static,
+)
 from stacsr.catalog.search import best_per_tile, search
 from stacsr.engine import Engine, LocalEngine, RunStats
 from stacsr.engine.ray_items import MAX_QUEUED
@@ -163,7 +170,9 @@ class Target:
         self.spec, self.package, self.lock = spec, package, threading.Lock()
         self.model = model_ref(package, spec.output)
         self._apis: dict[str, ApiPublisher] = {}  # one per output collection, never replaced
+        self._groups: dict[str, GroupPublisher] = {}  # items finished together go in one bulk request
         self._apis_lock = threading.Lock()  # not self.lock: a done-check does not wait for a publish
+        self._known: dict[str, dict[str, dict]] = {}  # output collection → its items found by prefetch()
         self._collections_ready: set[str] = set()  # output collections known to exist in the API (under self.lock)
         self._model_published = False
 
@@ -172,10 +181,32 @@ class Target:
             api = self._apis.get(collection_id)
             if api is None:
                 api = self._apis[collection_id] = ApiPublisher(self.spec.publish.api, collection_id)  # type: ignore[arg-type]
+                self._groups[collection_id] = GroupPublisher(api)
             return api
+
+    def prefetch(self, tasks: list[Task], log: Log) -> None:
+        """For an API target: which outputs of ``tasks`` are already published, by one search per output
+        collection (a few pages) rather than one request per item. Where the search fails, items are looked
+        up one by one."""
+        if not self.spec.publish.api:
+            return
+        wanted: dict[str, list[str]] = {}
+        for task in tasks:
+            try:
+                collection_id, item_id = task.output_names(self.spec.publish.collection)
+            except ValueError:
+                continue  # reported as this item's failure by process()
+            wanted.setdefault(collection_id, []).append(item_id)
+        for collection_id, ids in wanted.items():
+            try:
+                self._known[collection_id] = self._api(collection_id).find_items(ids)
+            except PublishError as e:
+                log(f"already published: searching failed, asking item by item ({first_line(e)})")
 
     def existing(self, item_id: str, collection_id: str) -> dict[str, Any] | None:
         if self.spec.publish.api:
+            if collection_id in self._known:
+                return self._known[collection_id].get(item_id)
             return self._api(collection_id).get_item(item_id)
         path = item_folder(self.spec.publish.catalog, collection_id, item_id) / f"{item_id}.json"  # type: ignore[arg-type]
         return json.loads(path.read_text()) if path.is_file() else None
@@ -194,9 +225,10 @@ class Target:
                 if collection_id not in self._collections_ready:
                     api.ensure_collection(build_collection([item], collection_id, self.model, source_collection))
                     self._collections_ready.add(collection_id)
-                api.upsert(item)
             else:
                 publish_static(self.spec.publish.catalog, [item], collection_id, self.model, source_collection)  # type: ignore[arg-type]
+                return
+        self._groups[collection_id].publish(item)  # outside self.lock: items finished meanwhile join this request
 
 
 # ------------------------------------------------------------------ the run
@@ -276,6 +308,7 @@ def run(
     tasks = plan(spec, preset, window)
     log(f"{len(tasks)} item(s) over {len(spec.areas)} area(s), {window or 'any date'}")
     target = Target(spec, package)
+    target.prefetch(tasks, log)
     engine.check_output(spec.output)  # a local output on a cluster: refused before any work unless every node sees it
     report.found = len(tasks)
     writer = ReportWriter(report, spec, start, log)

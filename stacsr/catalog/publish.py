@@ -9,6 +9,7 @@ replaces the old one (a re-run never duplicates).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,15 @@ from stacsr.catalog.static import CATALOG_ID, item_folder, publish
 from stacsr.plumbing import storage
 from stacsr.plumbing.retry import retry
 
-__all__ = ["CATALOG_ID", "item_folder", "publish_static", "publish_model", "ApiPublisher", "PublishError"]
+__all__ = [
+    "CATALOG_ID",
+    "item_folder",
+    "publish_static",
+    "publish_model",
+    "ApiPublisher",
+    "GroupPublisher",
+    "PublishError",
+]
 
 
 def publish_static(
@@ -87,10 +96,12 @@ class _Busy(Exception):
 
 class ApiPublisher:
     """Upserts items into a collection of a STAC API with the Transactions extension (stac-fastapi and the
-    like): ``PUT /collections/{c}/items/{id}``, falling back to ``POST`` for a new item, so a re-run never
-    duplicates. Transient failures (connection errors, 429, 5xx) are retried with back-off. Credentials, if the
-    API needs them, come from the ``STACSR_STAC_API_TOKEN`` environment variable (a bearer token), never
-    from a job spec, and are never logged."""
+    like), so a re-run never duplicates: many items in one request through the bulk items endpoint
+    (``POST /collections/{c}/bulk_items``, method upsert; stac-fastapi-pgstac has it with transactions), or,
+    where the server has none, ``PUT /collections/{c}/items/{id}`` falling back to ``POST`` for a new item.
+    Transient failures (connection errors, 429, 5xx) are retried with back-off. Credentials, if the API needs
+    them, come from the ``STACSR_STAC_API_TOKEN`` environment variable (a bearer token), never from a job
+    spec, and are never logged."""
 
     def __init__(self, url: str, collection_id: str, retries: int = 5, timeout: float = 30.0) -> None:
         import os
@@ -98,6 +109,7 @@ class ApiPublisher:
         import requests
 
         self.url, self.collection_id, self.retries, self.timeout = url.rstrip("/"), collection_id, retries, timeout
+        self.bulk: bool | None = None  # whether the server has the bulk items endpoint (None: not tried yet)
         self.session = requests.Session()
         token = os.environ.get("STACSR_STAC_API_TOKEN")
         if token:
@@ -134,15 +146,94 @@ class ApiPublisher:
         r = self._request("GET", f"/collections/{self.collection_id}/items/{item_id}", (200, 404))
         return r.json() if r.status_code == 200 else None
 
+    def find_items(self, item_ids: Sequence[str], page: int = 500) -> dict[str, dict]:
+        """The items of ``item_ids`` the collection holds (id, collection and ``stacsr:model`` at least), found
+        by ``POST /search`` with an ``ids`` filter: a few pages instead of one request per item."""
+        found: dict[str, dict] = {}
+        for start in range(0, len(item_ids), page):
+            chunk = list(item_ids[start : start + page])
+            body: dict | None = {
+                "collections": [self.collection_id],
+                "ids": chunk,
+                "limit": len(chunk),
+                "fields": {"include": ["id", "collection", "properties.stacsr:model"], "exclude": []},
+            }
+            path = "/search"
+            while body is not None:
+                page_ = self._request("POST", path, (200,), json=body).json()
+                found.update({f["id"]: f for f in page_.get("features", []) if f.get("id") in set(chunk)})
+                body, path = _next_page(page_, body, self.url)
+        return found
+
     def upsert(self, item: pystac.Item) -> None:
+        self.upsert_many([item])
+
+    def upsert_many(self, items: Sequence[pystac.Item]) -> None:
+        """Upsert ``items``: one bulk request where the server has the endpoint, else one request per item."""
+        bodies = {item.id: self._body(item) for item in items}
+        path = f"/collections/{self.collection_id}/bulk_items"
+        if bodies and self.bulk is not False:
+            r = self._request("POST", path, (200, 201, 404, 405, 501), json={"items": bodies, "method": "upsert"})
+            self.bulk = r.status_code in (200, 201)
+            if self.bulk:
+                answer = r.json() if "json" in r.headers.get("content-type", "") else None
+                errors = answer.get("errors") if isinstance(answer, dict) else None
+                if errors:
+                    raise PublishError(f"POST {self.url}{path}: refused {len(errors)} item(s): {str(errors)[:200]}")
+                return
+        items_path = f"/collections/{self.collection_id}/items"
+        for item_id, body in bodies.items():
+            if self._request("PUT", f"{items_path}/{item_id}", (200, 201, 204, 404), json=body).status_code == 404:
+                self._request("POST", items_path, (200, 201), json=body)
+
+    def _body(self, item: pystac.Item) -> dict:
         body = item.to_dict(include_self_link=False, transform_hrefs=False)
         body["collection"] = self.collection_id
         body["links"] = [
             link for link in body.get("links", []) if link.get("rel") not in ("collection", "parent", "root")
         ]
-        path = f"/collections/{self.collection_id}/items"
-        if self._request("PUT", f"{path}/{item.id}", (200, 201, 204, 404), json=body).status_code == 404:
-            self._request("POST", path, (200, 201), json=body)
+        return body
 
     def delete_item(self, item_id: str) -> None:
         self._request("DELETE", f"/collections/{self.collection_id}/items/{item_id}", (200, 204, 404))
+
+
+class GroupPublisher:
+    """Items that several threads hand in at once go to the API together (a group commit): each caller waits
+    until its own item is published, or raises the error of the request that carried it; whoever finds items
+    waiting sends them all (up to ``most`` per request) while the others wait."""
+
+    def __init__(self, api: ApiPublisher, most: int = 100) -> None:
+        self.api, self.most = api, most
+        self._waiting: list[dict] = []
+        self._queue, self._send = threading.Lock(), threading.Lock()
+
+    def publish(self, item: pystac.Item) -> None:
+        mine = {"item": item, "done": False, "error": None}
+        with self._queue:
+            self._waiting.append(mine)
+        while not mine["done"]:
+            with self._send:
+                if mine["done"]:
+                    break
+                with self._queue:
+                    group, self._waiting = self._waiting[: self.most], self._waiting[self.most :]
+                error = None
+                try:
+                    self.api.upsert_many([p["item"] for p in group])
+                except Exception as e:  # noqa: BLE001 - each caller of the group raises it
+                    error = e
+                for p in group:
+                    p["error"], p["done"] = error, True
+        if mine["error"] is not None:
+            raise mine["error"]
+
+
+def _next_page(page: dict, body: dict, url: str) -> tuple[dict | None, str]:
+    """The body and path of the next ``POST /search`` page (its ``next`` link), or ``(None, "")``."""
+    link = next((lk for lk in page.get("links", []) if lk.get("rel") == "next"), None)
+    if link is None or str(link.get("method", "GET")).upper() != "POST" or not link.get("body"):
+        return None, ""  # a search answered in one page (limit = the ids asked for), or one stacsr cannot follow
+    following = {**body, **link["body"]} if link.get("merge") else link["body"]
+    href = link.get("href", f"{url}/search")
+    return following, href.removeprefix(url) if href.startswith(url) else "/search"
