@@ -47,7 +47,7 @@ faults: install-test
 
 bench: install-test
 	$(PY) -m tests.bench && $(PY) -m tests.bench_scale && $(PY) -m tests.bench_tile && $(PY) -m tests.bench_sink && $(PY) -m tests.bench_precision \
-	  && $(PY) -m tests.bench_train && $(PY) -m tests.bench_batch && $(PY) -m tests.bench_reads
+	  && $(PY) -m tests.bench_train && $(PY) -m tests.bench_batch && $(PY) -m tests.bench_reads && $(PY) -m tests.bench_publish
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info
