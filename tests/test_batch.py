@@ -326,7 +326,7 @@ def test_a_broken_item_fails_alone_and_the_exit_code_says_so(sources, pgstac, tm
     assert failed["item"] == f"{broken_id}_sr_overlap" and "B02" in failed["error"]
     catalog = json.loads((out / "catalog.json").read_text())
     assert catalog["id"] == "stacsr"
-    published = sorted(p.parent.name for p in out.glob(f"{COLLECTION}-sr/*/*.json"))
+    published = sorted(p.parent.name for p in out.glob(f"{COLLECTION}-sr/*/*_sr_*.json"))  # items, not tiles
     assert len(published) == 3 and not any(p.startswith(broken_id + "_") for p in published)
     assert not list((out / f"{COLLECTION}-sr").glob(f"{failed['item']}/*.tif"))  # nothing left for the failed one
 
@@ -462,7 +462,7 @@ def test_sigkill_between_cogs_and_item_leaves_nothing_half_done(sources, pgstac,
     proc.wait(30)
 
     def check_published() -> int:
-        items = list(out.glob(f"{COLLECTION}-sr/*/*.json"))
+        items = list(out.glob(f"{COLLECTION}-sr/*/*_sr_*.json"))  # items, not tile sub-catalogues
         for path in items:
             for asset in json.loads(path.read_text())["assets"].values():
                 with rasterio.open(path.parent / asset["href"]) as src:  # present and complete
@@ -516,10 +516,12 @@ def test_a_static_batch_with_its_own_collection_skips_its_outputs_on_a_re_run(so
     assert sorted(p.name for p in out.iterdir()) == [
         "_runs",
         "catalog.json",
+        "catalog.lock",
+        "items.parquet",
         "models",
         "my-sr",
-    ]  # models: the MLM item + weights
-    for doc in (out / "my-sr").glob("*/*.json"):
+    ]  # models: the MLM item + weights; items.parquet: the index; catalog.lock: the writers' lock
+    for doc in (out / "my-sr").glob("*/*_sr_*.json"):
         assert sorted(p.name for p in doc.parent.glob("*.tif")) == sorted(f"{doc.stem}_{b}.tif" for b in BANDS)
-    assert len(list((out / "my-sr").glob("*/*.json"))) == 4
+    assert len(list((out / "my-sr").glob("*/*_sr_*.json"))) == 4
     assert json.loads((out / "my-sr" / "collection.json").read_text())["id"] == "my-sr"

@@ -431,7 +431,7 @@ def test_sigkill_of_enhance_leaves_no_item_without_its_files(sources, pgstac, tm
 
     def published() -> list[str]:
         found = []
-        for path in out.glob("*/*/*.json"):
+        for path in out.glob("*/*/*_sr.json"):  # items (<collection>/<tile>/catalog.json are not)
             item = json.loads(path.read_text())
             for asset in item["assets"].values():
                 assert cog_validate(str(path.parent / asset["href"]), quiet=True)[0]

@@ -146,7 +146,7 @@ def test_batch_to_a_folder_writes_nothing_outside_it(hostile_sources, pgstac, pa
     before = listing(tmp_path)
     check_report(run(batch_spec(pgstac, str(out), {"catalog": str(out)}), package))
     assert listing(tmp_path, skip=out) == before
-    assert len(list(out.glob(f"{COLLECTION}-sr/*/*.json"))) == 2
+    assert len(list(out.glob(f"{COLLECTION}-sr/*/*_sr_*.json"))) == 2
 
 
 def test_batch_to_s3_writes_no_key_outside_its_prefix(hostile_sources, pgstac, package, s3, monkeypatch):  # noqa: F811
