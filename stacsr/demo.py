@@ -1,15 +1,19 @@
-"""The embedded offline demo: a small Planetary-Computer-style catalogue built from generated imagery.
+"""The embedded offline demo: a small Planetary-Computer-style catalogue of a real Sentinel-2 scene.
 
-:func:`build_catalog` writes two overlapping Sentinel-2 L2A items of neighbouring MGRS tiles (UTM 32N,
-uint16 COGs for B02, B03, B04, B08 at 10 m and SCL at 20 m); the newer one uses processing baseline
-05.10, so its DN carry the +1000 offset. The ground is one synthetic landscape (parcels, roads, water,
-town blocks) drawn at 2.5 m and averaged to 10 m, so both items see the same ground and the demo can
-show what the model adds. :func:`run` then calls the same :func:`stacsr.pipeline.enhance` as the CLI.
-Tests reuse :func:`build_catalog` (with ``style="earth-search"`` for Earth Search conventions).
+:func:`build_scene_catalog` writes one Sentinel-2 L2A item (uint16 COGs of B02, B03, B04, B08 at 10 m) from
+the crop shipped in ``stacsr/demo_data`` (256 × 256 px south-east of Turnhout, Belgium, MGRS 31UFS; see its README),
+with the DN of processing baseline ≥ 04.00 (+1000), so the demo reads them as real items are read.
+:func:`run` calls the same :func:`stacsr.pipeline.enhance` as the CLI, then draws ``side_by_side.png``.
+
+:func:`build_catalog` writes the generated catalogue the tests use for exact, controlled pixels: two
+overlapping items of neighbouring MGRS tiles (UTM 32N, bands at 10 m and SCL at 20 m), the newer one with
+baseline 05.10 (+1000), both cut from one synthetic landscape (parcels, roads, water, town blocks) drawn at
+2.5 m and averaged to 10 m (``style="earth-search"`` for Earth Search conventions).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,8 +47,16 @@ ITEMS = [  # id, datetime, tile, baseline, cloud cover, offset of the item in 10
     ("S2A_MSIL2A_20210715T103031_R108_T32UPU_DEMO", "2021-07-15T10:30:31Z", "32UPU", "03.01", 4.2, (0, 0)),
     ("S2B_MSIL2A_20240712T102559_R108_T32UQU_DEMO", "2024-07-12T10:25:59Z", "32UQU", "05.10", 1.5, (160, 160)),
 ]
-# Demo AOI (lon/lat): about 2.8 × 2.6 km across the overlap of both items.
+# AOI (lon/lat) of the generated items: about 2.8 × 2.6 km across the overlap of both.
 BBOX = (11.4337, 48.1515, 11.4723, 48.1740)
+
+# The real scene: openeo-gfmap's test cube "temp" (Apache-2.0), reflectance × 10000 without offset.
+SCENE = Path(__file__).parent / "demo_data" / "openeo_gfmap_temp_256.tif"
+SCENE_YEAR = "2018"  # the cube's time label (2018-01-01): probably a composite, acquisition dates not recorded
+ATTRIBUTION = f"Contains modified Copernicus Sentinel data {SCENE_YEAR}"
+SCENE_ITEM = "S2_MSIL2A_20180101_T31UFS_OPENEO_GFMAP_DEMO"
+SCENE_BBOX = (4.999, 51.278, 5.036, 51.302)  # lon/lat around the whole crop (the window is clipped to it)
+PICTURE = Window(0, 128, 128, 128)  # the part of the crop the picture shows (10 m px): junction, town, fields
 
 
 def ground(seed: int = 7, scale: int = 4) -> np.ndarray:
@@ -113,11 +125,55 @@ def build_catalog(
     return items
 
 
+def build_scene_catalog(folder: str | Path) -> list[dict[str, Any]]:
+    """Write the real scene's COGs (DN + 1000, baseline 05.10) and item JSON under ``folder``; return the item."""
+    import rasterio
+
+    folder = Path(folder)
+    with rasterio.open(SCENE) as src:
+        grid = from_rasterio(src.transform, src.crs, src.shape)
+        dn = src.read()
+    dn = dn + np.uint16(1000)  # what baseline 04.00 and later serve: reflectance × 10000 + 1000
+    files = {b: write_cog(folder / SCENE_ITEM / f"{b}.tif", dn[i], grid, [b], scale=None) for i, b in enumerate(S2_BANDS)}
+    props = {
+        "datetime": f"{SCENE_YEAR}-01-01T00:00:00Z",
+        "constellation": "Sentinel 2",
+        "eo:cloud_cover": 0.0,
+        "s2:mgrs_tile": "31UFS",
+        "s2:processing_baseline": "05.10",
+        "proj:epsg": grid.crs.epsg,
+        "description": (
+            f"{ATTRIBUTION}. Sentinel-2 L2A crop south-east of Turnhout, Belgium (MGRS 31UFS), 256 x 256 px at 10 m, from the "
+            "openeo-gfmap test data (Apache-2.0), time label 2018-01-01 (probably a composite). Its values carry "
+            "no BOA offset; the demo adds the +1000 of processing baseline 04.00 and later."
+        ),
+    }
+    hrefs = {k: str(p.resolve()) for k, p in files.items()}
+    item = _item(SCENE_ITEM, props, {k: grid for k in hrefs}, hrefs)
+    (folder / SCENE_ITEM / f"{SCENE_ITEM}.json").write_text(json.dumps(item, indent=1))  # for people to read
+    return [item]
+
+
 def _pc_item(item_id, when, tile, baseline, cloud, grid10, grid20, hrefs) -> dict[str, Any]:
-    geom = grid10.extent.to_crs("EPSG:4326")
+    props = {
+        "datetime": when,
+        "platform": f"Sentinel-2{item_id[2]}",
+        "constellation": "Sentinel 2",
+        "instruments": ["msi"],
+        "eo:cloud_cover": cloud,
+        "s2:mgrs_tile": tile,
+        "s2:processing_baseline": baseline,
+        "proj:epsg": EPSG,
+    }
+    return _item(item_id, props, {k: grid20 if k == "SCL" else grid10 for k in hrefs}, hrefs)
+
+
+def _item(item_id, props, grids, hrefs) -> dict[str, Any]:
+    """A Planetary-Computer-style item: one single-band asset per key, with its grid."""
+    geom = next(iter(grids.values())).extent.to_crs("EPSG:4326")
     assets = {}
     for key, href in hrefs.items():
-        grid = grid20 if key == "SCL" else grid10
+        grid = grids[key]
         band = {"name": key, **({"common_name": COMMON_NAMES[key]} if key in COMMON_NAMES else {})}
         assets[key] = {
             "href": href,
@@ -139,16 +195,7 @@ def _pc_item(item_id, when, tile, baseline, cloud, grid10, grid20, hrefs) -> dic
         ],
         "geometry": geom.json,
         "bbox": list(geom.boundingbox),
-        "properties": {
-            "datetime": when,
-            "platform": f"Sentinel-2{item_id[2]}",
-            "constellation": "Sentinel 2",
-            "instruments": ["msi"],
-            "eo:cloud_cover": cloud,
-            "s2:mgrs_tile": tile,
-            "s2:processing_baseline": baseline,
-            "proj:epsg": EPSG,
-        },
+        "properties": {"instruments": ["msi"], **props},
         "assets": assets,
         "links": [],
     }
@@ -189,34 +236,49 @@ def demo_preset():
     return replace(PRESETS["planetary-computer"], sign=no_signing, url="demo://", local_assets=True)
 
 
-def side_by_side(path: str | Path, lr: np.ndarray, sr: np.ndarray, scale: int) -> Path:
-    """PNG of input (nearest) | bicubic | stacsr, RGB stretched on the input."""
+LABELS = ("Sentinel-2 10 m (input)", "bicubic 2.5 m", "stacsr 2.5 m")
+INSET, ZOOM = 56, 4  # the inset: a square of 56 output px (140 m), shown 4 × (224 px)
+
+
+def side_by_side(path: str | Path, lr: np.ndarray, sr: np.ndarray, scale: int, window: Window = PICTURE) -> Path:
+    """PNG of ``window`` of the scene: input (nearest) | bicubic | stacsr, labelled, in one stretch (the input's),
+    with the same small area zoomed in each panel: where stacsr differs most from bicubic."""
     import torch
+    from PIL import Image
     from torch.nn import functional as F
 
     bic = F.interpolate(torch.from_numpy(lr[None].astype(np.float32)), scale_factor=scale, mode="bicubic")[0].numpy()
-    return figures.save_png(path, [figures.upsample_nearest(lr, scale), bic, sr], S2_BANDS, reference=0)
+    r0, c0, r1, c1 = window.row, window.col, window.row + window.height, window.col + window.width
+    fine = (slice(None), slice(r0 * scale, r1 * scale), slice(c0 * scale, c1 * scale))
+    panels = [figures.upsample_nearest(lr[:, r0:r1, c0:c1], scale), bic[fine], sr[fine]]
+    avoid = (INSET * ZOOM + 12,) * 2
+    shown = figures.stretch(panels, S2_BANDS, reference=0)  # differences as seen: saturated roofs count little
+    row, col = figures.busiest(shown[2], shown[1], INSET, avoid)
+    km = window.width * abs(float(world_grid().affine.a)) / 1000
+    caption = f"{ATTRIBUTION} · MGRS 31UFS, Belgium · {km:.2f} km across · inset zoomed {ZOOM}x · one stretch (the input's)"
+    image = figures.comparison(panels, S2_BANDS, LABELS, (row, col, INSET), ZOOM, caption, reference=0)
+    Image.fromarray(image).quantize(256).save(path, optimize=True)  # 256 colours: a third of the bytes
+    return Path(path)
 
 
 def run(out: str | Path, package, engine, tile_size: int, progress=None):
-    """Build the demo catalogue under ``out/source`` and enhance the demo AOI into ``out``.
+    """Build the demo catalogue (the real scene) under ``out/source`` and enhance it into ``out``.
 
-    Returns the pipeline's report; also writes ``out/side_by_side.png`` for the least cloudy item.
+    Returns the pipeline's report; also writes ``out/side_by_side.png``.
     """
     from stacsr import pipeline
     from stacsr.catalog.items import output_names
     from stacsr.catalog.publish import item_folder
-    from stacsr.catalog.search import order
 
     out = pipeline.check_writable(out)
-    items = order(build_catalog(out / "source"))
+    items = build_scene_catalog(out / "source")
     preset = demo_preset()
-    report = pipeline.enhance(items, preset, BBOX, out, package, engine, tile_size=tile_size, progress=progress)
-    first = pipeline.plan_jobs(items[:1], preset, package.card.bands, BBOX)[0]
-    collection_id, item_id = output_names(first.item)
+    report = pipeline.enhance(items, preset, SCENE_BBOX, out, package, engine, tile_size=tile_size, progress=progress)
+    job = pipeline.plan_jobs(items, preset, package.card.bands, SCENE_BBOX)[0]
+    collection_id, item_id = output_names(job.item)
     folder = item_folder(out, collection_id, item_id)
     sr = np.stack([_read_band(folder / f"{item_id}_{b}.tif") for b in package.card.bands])  # the COGs as written
-    side_by_side(out / "side_by_side.png", pipeline.read_job(first, preset), sr, package.card.scale)
+    side_by_side(out / "side_by_side.png", pipeline.read_job(job, preset), sr, package.card.scale)
     return report
 
 

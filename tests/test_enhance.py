@@ -16,10 +16,8 @@ endpoint, and the session's local Ray. The scenes are the demo's two Sentinel-2 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,8 +49,6 @@ AOI_OVERLAP = SC.world_bbox(172, 172, 308, 308)  # ~1.4 km square where both ite
 AOI_CORNER = SC.world_bbox(
     410, 170, 470, 250
 )  # S2B only, over the edge of its nodata corner (rows 440–480, cols 160–220)
-ROOT = Path(__file__).resolve().parent.parent
-STACSR = ROOT / ".venv" / "bin" / "stacsr"
 
 
 def cli(*args: str, **kwargs: Any):
@@ -378,10 +374,14 @@ def test_cli_enhance_earth_search_with_ray(es_cli_run, ray_local):
     rows, cols = SC.expected_window(es_cli_run.scenes.item(SC.NEW), "blue", AOI_CORNER)
     assert km2 == pytest.approx((rows.stop - rows.start) * (cols.stop - cols.start) / 1e4, abs=0.006)  # 2 decimals
     item_dir = es_cli_run.out_ray / OUT_COLLECTION / f"{SC.NEW}_sr"
-    assert sorted(p.name for p in written_files(es_cli_run.out_ray)) == sorted(
-        ["catalog.json", "collection.json", f"{SC.NEW}_sr.json", *[f"{SC.NEW}_sr_{b}.tif" for b in S2_BANDS]]
-        + [f"stacsr-s2-rgbn-x4-1.2.0.{name}" for name in ("json", "card.json", "weights.safetensors")]
-    )
+    files = [p.relative_to(es_cli_run.out_ray) for p in written_files(es_cli_run.out_ray)]
+    assert sorted(str(p) for p in files if p.parts[0] != "items.parquet") == sorted(
+        ["catalog.json", "catalog.lock", f"{OUT_COLLECTION}/collection.json"]
+        + [f"{OUT_COLLECTION}/{SC.NEW}_sr/{name}" for name in (f"{SC.NEW}_sr.json", *(f"{SC.NEW}_sr_{b}.tif" for b in S2_BANDS))]
+        + [f"{OUT_COLLECTION}/{tile}/catalog.json" for tile in ("32UQU", "32UQU/2024")]
+        + [f"models/stacsr-s2-rgbn-x4-1.2.0.{name}" for name in ("json", "card.json", "weights.safetensors")]
+    )  # items.parquet/: the index, a folder of parquet files
+    assert {p.suffix for p in files if p.parts[0] == "items.parquet"} == {".parquet"}
     assert item_dir.is_dir()
     # Earth Search declares offset −0.1 for baseline 05.10: the output is reflectance × 10000 again
     out = output_stack(item_dir, f"{SC.NEW}_sr").astype(np.float64)
@@ -492,50 +492,3 @@ def test_sr_geotiff_over_http(sr_input, blob_server, tmp_path):
     r = cli("sr", src, tmp_path / "local.tif", "--no-ray")
     assert r.exit_code == 0, r.stderr
     assert np.array_equal(out, read(tmp_path / "local.tif"))
-
-
-# ------------------------------------------------------------------ stacsr demo
-
-
-def check_demo_folder(folder: Path) -> None:
-    from PIL import Image
-
-    assert (folder / "catalog.json").is_file()
-    items = sorted((folder / OUT_COLLECTION).glob("*/*_sr.json"))
-    assert [p.stem for p in items] == sorted(f"{i[0]}_sr" for i in demo.ITEMS)
-    for p in items:
-        doc = json.loads(p.read_text())
-        assert all((p.parent / a["href"]).is_file() for a in doc["assets"].values())
-    first = items[[p.stem for p in items].index(f"{demo.ITEMS[1][0]}_sr")]  # the least cloudy item
-    with rasterio.open(first.parent / f"{first.stem}_B02.tif") as cog:
-        rows, cols = cog.shape
-    with Image.open(folder / "side_by_side.png") as png:
-        assert png.size == (3 * cols + 2 * 8, rows)  # input | bicubic | stacsr, 8-px gaps
-
-
-def test_demo_in_process(tmp_path, monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    r = cli("demo", "--out", tmp_path / "demo")  # no cluster named: no Ray
-    assert r.exit_code == 0, (r.stderr, r.exception)
-    assert re.search(r"items written\s+2\b", r.stderr)
-    assert re.search(r"engine\s+in-process", r.stderr)
-    check_demo_folder(tmp_path / "demo")
-
-
-@pytest.mark.slow
-def test_installed_console_script_runs_the_demo_with_ray(tmp_path):
-    """The real `stacsr` command in a fresh process, starting its own local Ray (``--ray``)."""
-    assert STACSR.is_file()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [str(STACSR), "demo", "--out", str(tmp_path / "demo"), "--ray"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"engine\s+Ray, one item per node \(2 CPU each\)", proc.stderr), proc.stderr
-    assert "items written" in proc.stderr
-    check_demo_folder(tmp_path / "demo")

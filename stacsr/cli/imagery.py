@@ -223,7 +223,7 @@ def demo(
     ray: bool = RayOpt,
     no_ray: bool = NoRayOpt,
 ) -> None:
-    """Run the whole enhance path offline on embedded sample data; writes side_by_side.png too."""
+    """Run the whole enhance path offline on a real Sentinel-2 scene shipped with stacsr; writes side_by_side.png."""
     from stacsr import demo as offline_demo
     from stacsr.model import package as model_package
 
@@ -232,4 +232,9 @@ def demo(
         with engine_for(package, ray, no_ray, None) as engine, progress_bar() as progress:
             report = offline_demo.run(out_dir, package, engine, tile_size, progress)
         print_summary(report, "items written", engine)
-        console.print(f"side by side (input | bicubic | stacsr): {Path(out_dir) / 'side_by_side.png'}")
+        folder = Path(out_dir)
+        for what, where in (
+            ("picture", f"{folder / 'side_by_side.png'} (10 m input | bicubic | stacsr)"),
+            ("source", f"{folder / 'source'} (the 10 m item read, with its attribution)"),
+        ):
+            console.print(f"{what:<8} {where}", highlight=False, soft_wrap=True)
