@@ -15,6 +15,7 @@ thus the ones GDAL would have made.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 from xml.sax.saxutils import escape
@@ -23,6 +24,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
 from stacsr.io.grid import Window
@@ -62,6 +64,33 @@ def halve(a: np.ndarray, nodata: int = 0) -> np.ndarray:
 def aligned_levels(scale: int) -> int:
     """How many halvings a tile allows alone: its output starts and ends on multiples of ``scale``."""
     return (scale & -scale).bit_length() - 1
+
+
+def resample_rest(pixels: np.ndarray, count: int, scratch: Path) -> list[np.ndarray]:
+    """The ``count`` overview levels GDAL's COG driver makes below ``pixels`` (bands, rows, cols): halved
+    until one block holds them, ``AVERAGE`` resampling (a side of odd length resampled by GDAL's own weights).
+    Its files, uncompressed, are ``scratch`` + ``.level.tif`` and ``.rest.tif`` while it runs."""
+    if not count:
+        return []
+    bands, rows, cols = pixels.shape
+    profile = dict(driver="GTiff", count=bands, height=rows, width=cols, dtype="uint16", nodata=0)
+    options = {k: v for k, v in cog_options().items() if k not in ("PREDICTOR", "LEVEL")} | {"COMPRESS": "NONE"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a level's pixels only: no georeferencing
+        source, made = Path(f"{scratch}.level.tif"), Path(f"{scratch}.rest.tif")
+        try:
+            with rasterio.Env(**GDAL_WRITE_ENV):
+                with rasterio.open(source, "w", **profile) as dataset:
+                    dataset.write(pixels)
+                rasterio.shutil.copy(str(source), str(made), driver="COG", **options)
+                levels = []
+                for i in range(count):
+                    with rasterio.open(made, overview_level=i) as level:
+                        levels.append(level.read())
+                return levels
+        finally:
+            source.unlink(missing_ok=True)
+            made.unlink(missing_ok=True)
 
 
 class Pyramid:

@@ -230,6 +230,22 @@ def put(local: str | Path, url: str) -> str:
     return _write(url, copy)
 
 
+def put_stream(source: Callable[[], BinaryIO], size: int, url: str) -> str:
+    """Write the ``size`` bytes that ``source()`` streams at ``url`` (a path or remote URL) atomically, with no
+    local copy: S3 through one multipart upload straight to the final key (:func:`s3_upload`), a local file
+    renamed into place when complete. Returns ``url``."""
+    if url.startswith("s3://"):
+        with source() as src:
+            s3_upload(src, size, url)
+        return url
+
+    def copy(dst: BinaryIO) -> None:
+        with source() as src:
+            shutil.copyfileobj(src, dst, 8 << 20)
+
+    return _write(url, copy)
+
+
 def exists(url: str) -> bool:
     if not is_remote(url):
         return Path(url).is_file()
