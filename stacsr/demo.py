@@ -134,7 +134,9 @@ def build_scene_catalog(folder: str | Path) -> list[dict[str, Any]]:
         grid = from_rasterio(src.transform, src.crs, src.shape)
         dn = src.read()
     dn = dn + np.uint16(1000)  # what baseline 04.00 and later serve: reflectance × 10000 + 1000
-    files = {b: write_cog(folder / SCENE_ITEM / f"{b}.tif", dn[i], grid, [b], scale=None) for i, b in enumerate(S2_BANDS)}
+    files = {
+        b: write_cog(folder / SCENE_ITEM / f"{b}.tif", dn[i], grid, [b], scale=None) for i, b in enumerate(S2_BANDS)
+    }
     props = {
         "datetime": f"{SCENE_YEAR}-01-01T00:00:00Z",
         "constellation": "Sentinel 2",
@@ -255,7 +257,9 @@ def side_by_side(path: str | Path, lr: np.ndarray, sr: np.ndarray, scale: int, w
     shown = figures.stretch(panels, S2_BANDS, reference=0)  # differences as seen: saturated roofs count little
     row, col = figures.busiest(shown[2], shown[1], INSET, avoid)
     km = window.width * abs(float(world_grid().affine.a)) / 1000
-    caption = f"{ATTRIBUTION} · MGRS 31UFS, Belgium · {km:.2f} km across · inset zoomed {ZOOM}x · one stretch (the input's)"
+    caption = (
+        f"{ATTRIBUTION} · MGRS 31UFS, Belgium · {km:.2f} km across · inset zoomed {ZOOM}x · one stretch (the input's)"
+    )
     image = figures.comparison(panels, S2_BANDS, LABELS, (row, col, INSET), ZOOM, caption, reference=0)
     Image.fromarray(image).quantize(256).save(path, optimize=True)  # 256 colours: a third of the bytes
     return Path(path)

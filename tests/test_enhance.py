@@ -377,7 +377,10 @@ def test_cli_enhance_earth_search_with_ray(es_cli_run, ray_local):
     files = [p.relative_to(es_cli_run.out_ray) for p in written_files(es_cli_run.out_ray)]
     assert sorted(str(p) for p in files if p.parts[0] != "items.parquet") == sorted(
         ["catalog.json", "catalog.lock", f"{OUT_COLLECTION}/collection.json"]
-        + [f"{OUT_COLLECTION}/{SC.NEW}_sr/{name}" for name in (f"{SC.NEW}_sr.json", *(f"{SC.NEW}_sr_{b}.tif" for b in S2_BANDS))]
+        + [
+            f"{OUT_COLLECTION}/{SC.NEW}_sr/{name}"
+            for name in (f"{SC.NEW}_sr.json", *(f"{SC.NEW}_sr_{b}.tif" for b in S2_BANDS))
+        ]
         + [f"{OUT_COLLECTION}/{tile}/catalog.json" for tile in ("32UQU", "32UQU/2024")]
         + [f"models/stacsr-s2-rgbn-x4-1.2.0.{name}" for name in ("json", "card.json", "weights.safetensors")]
     )  # items.parquet/: the index, a folder of parquet files
