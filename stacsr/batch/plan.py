@@ -17,9 +17,9 @@ The estimates, all "about":
 - **write**: output pixels (window × scale²) × bands × 2 bytes × :data:`WRITE_FRACTION` (deflated COGs with
   overviews, measured on a whole tile), or the earlier run's measured ratio.
 - **scratch**: as the sink checks free disk (:func:`stacsr.io.sink.check_disk`): an item's raw output ×
-  (1 + :data:`~stacsr.io.sink.PYRAMID_FRACTION`) for its intermediates, plus its COGs at
-  :data:`~stacsr.io.sink.COG_FRACTION` (a margin over what they take); per node, the largest items that run
-  on one node at once.
+  :func:`~stacsr.io.sink.disk_fraction` (its compressed blocks, plus its COGs when the output is a local
+  folder, each at :data:`~stacsr.io.sink.COG_FRACTION`, a margin over what they take); per node, the largest
+  items that run on one node at once.
 - **node-hours**: to-do output pixels ÷ the earlier run's output pixels per node-second (its done items'
   output pixels ÷ the seconds its nodes were busy with them, two items at once on a node counted once).
 """
@@ -38,7 +38,7 @@ from stacsr.batch.run import plan as plan_tasks
 from stacsr.batch.spec import JobSpec
 from stacsr.catalog.presets import Preset
 from stacsr.io.grid import area_km2, crop
-from stacsr.io.sink import COG_FRACTION, PYRAMID_FRACTION
+from stacsr.io.sink import disk_fraction
 from stacsr.model.package import ModelPackage
 from stacsr.pipeline import item_window
 from stacsr.plumbing import storage
@@ -89,6 +89,7 @@ class Plan:
     scale: int
     items_per_node: int  # items at once on one node (1-GPU nodes: 1 ÷ gpus_per_item; else 1)
     report: str  # where the earlier run's report is looked for
+    disk_fraction: float  # an item's disk while it runs ÷ its raw output (stacsr.io.sink.disk_fraction)
     items: list[PlannedItem] = field(default_factory=list)
     earlier: EarlierRun | None = None
 
@@ -125,8 +126,7 @@ class Plan:
 
     def scratch(self, item: PlannedItem) -> float:
         """Scratch disk an item needs while it runs (its intermediates and COGs, as the sink estimates it)."""
-        raw = item.output_pixels * self.bands * SAMPLE_BYTES
-        return raw * (1 + PYRAMID_FRACTION + COG_FRACTION)
+        return item.output_pixels * self.bands * SAMPLE_BYTES * self.disk_fraction
 
     @property
     def scratch_per_item(self) -> float:
@@ -281,6 +281,7 @@ def dry_run(spec: JobSpec, preset: Preset, package: ModelPackage, now: datetime 
         card.scale,
         items_per_node(spec),
         report_url(spec),
+        disk_fraction(spec.compress, storage.is_remote(spec.output)),
     )
     for task in found:
         try:

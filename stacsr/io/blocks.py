@@ -121,13 +121,24 @@ def encode_block(codec: Codec, block: np.ndarray, nodata: int, last: bool) -> tu
     return data, smaller, bool(block.any())
 
 
+def ram_budget() -> int:
+    """Bytes of compressed blocks an item keeps in RAM: ``$STACSR_BLOCKS_RAM_MB`` MiB (0: every block to
+    scratch), else :data:`RAM_DEFAULT`."""
+    value = os.environ.get(RAM_ENV, "").strip()
+    if not value:
+        return RAM_DEFAULT
+    if not value.isdigit():
+        raise ValueError(f"{RAM_ENV} must be a whole number of MiB, not {value!r}")
+    return int(value) << 20
+
+
 class BlockStore:
     """Compressed blocks by key: in RAM up to ``budget`` bytes, the rest appended to a spill file in ``folder``.
     Filled by one thread; read back when every block is in."""
 
     def __init__(self, folder: Path, budget: int | None = None, name: str = "blocks") -> None:
         self.path = folder / name
-        self.budget = budget if budget is not None else int(os.environ.get(RAM_ENV, 0)) << 20 or RAM_DEFAULT
+        self.budget = budget if budget is not None else ram_budget()
         self.in_ram = 0
         self.spilled = 0
         self._ram: dict = {}

@@ -96,10 +96,12 @@ def cog_path(spec: SinkSpec) -> type:
     return BlockCogs if codec(spec.compress) is not None else GdalCogs
 
 
-def scratch_fraction(compress: str = "deflate") -> float:
-    """Scratch an item needs, as a share of its raw output: its compressed blocks (:data:`COG_FRACTION`, at
-    most: part stays in RAM), or its uncompressed intermediates and their levels plus the COG made from them."""
-    return COG_FRACTION if codec(compress) is not None else 1 + PYRAMID_FRACTION + COG_FRACTION
+def disk_fraction(compress: str = "deflate", remote: bool = False) -> float:
+    """Disk an item needs while it runs, all disks together, as a share of its raw output: its compressed
+    blocks (:data:`COG_FRACTION` at most: part stays in RAM) or its uncompressed intermediates and their levels
+    (GDAL's path), plus its COGs unless the block path streams them to object storage."""
+    blocks = codec(compress) is not None
+    return (COG_FRACTION if blocks else 1 + PYRAMID_FRACTION) + (0.0 if blocks and remote else COG_FRACTION)
 
 
 def disk_needs(spec: SinkSpec) -> list[tuple[Path, float]]:

@@ -388,8 +388,14 @@ def _upload_part(client: Any, ids: dict, number: int, data: bytes, what: str) ->
 
 
 def _read_parts(src: BinaryIO, chunk: int) -> Iterator[bytes]:
-    """``src`` in pieces of ``chunk`` bytes (the last one shorter), one in memory at a time."""
+    """``src`` in pieces of ``chunk`` bytes (the last one shorter), one in memory at a time; a source whose
+    reads return less than asked (a raw stream) is read until the piece is full."""
     while data := src.read(chunk):
+        if len(data) < chunk:
+            piece = bytearray(data)
+            while len(piece) < chunk and (more := src.read(chunk - len(piece))):
+                piece += more
+            data = bytes(piece)
         yield data
 
 
