@@ -20,6 +20,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from stacsr.io.sink import disk_fraction
+
 ROOT = Path(__file__).resolve().parents[1]
 CRD_DIR = ROOT / "tests" / "schemas" / "kuberay-crds"  # KubeRay v1.7.0's CRDs (tests/schemas/kuberay-crds/README.md)
 KUBERAY_KINDS = {
@@ -538,9 +540,9 @@ def _bytes(quantity) -> float:
     return float(m[1]) * _SUFFIX.get(m[2] or "", 1)
 
 
-# Scratch disk per whole Sentinel-2 tile in flight: 20.5 GB of uncompressed intermediates (15.4 GB at 2.5 m, 5.1 GB
-# of overview levels) + about 5 GB of COGs before upload (README, "Benchmarks").
-SCRATCH_PER_WHOLE_TILE = 26e9
+# Scratch disk per whole Sentinel-2 tile in flight, as the sink reserves it: its compressed blocks, the COGs
+# streaming to object storage from them (stacsr.io.sink.disk_fraction: 7.7 GB of 15.4 GB raw).
+SCRATCH_PER_WHOLE_TILE = 43920**2 * 4 * 2 * disk_fraction("deflate", remote=True)
 EXAMPLE_GPU_NODES = 10  # the GPU workers the examples start with (README, "A week over Europe, on paper")
 
 
@@ -648,7 +650,7 @@ def test_batch_rayjob(item):
 
 
 def test_batch_rayjob_example_sizes():
-    """The example's cluster (issue 21): 10 GPU nodes of 1 GPU, 16 CPUs, 64 GiB and 64Gi of scratch each, two
+    """The example's cluster (issue 21): 10 GPU nodes of 1 GPU, 16 CPUs, 64 GiB and 16Gi of scratch each, two
     whole tiles per node (gpus_per_item 0.5, cpus_per_item 8), items in flight left to the cluster, a head of at
     most 2 CPUs / 8 GiB with num-cpus 0 and no CPU worker group."""
     spec = _one(BATCH_RAYJOB, "RayJob")["spec"]
@@ -656,7 +658,7 @@ def test_batch_rayjob_example_sizes():
     (gpu,) = cluster["workerGroupSpecs"]  # the CPU group of the tile-actor layout is gone
     _check_gpu_group(gpu)
     assert gpu["replicas"] == EXAMPLE_GPU_NODES
-    assert _scratch(gpu["template"]) == _bytes("64Gi")
+    assert _scratch(gpu["template"]) == _bytes("16Gi")
     _check_small_head(cluster["headGroupSpec"])
     cm, key = _mounted_configmap(ROOT / BATCH_RAYJOB, spec, PurePosixPath(shlex.split(spec["entrypoint"])[2]))
     res = yaml.safe_load(cm["data"][key])["resources"]
@@ -665,13 +667,13 @@ def test_batch_rayjob_example_sizes():
 
 def test_scratch_check_catches_mismatch():
     tpl = copy.deepcopy(_one(BATCH_RAYJOB, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"])
-    assert _scratch(tpl) == _bytes("64Gi")
+    assert _scratch(tpl) == _bytes("16Gi")
     (c,) = tpl["spec"]["containers"]
     (limit,) = [e for e in c["env"] if e["name"] == "STACSR_SCRATCH_LIMIT"]
     limit["value"] = "100Gi"  # more than the volume holds: the kubelet would evict the pod
     with pytest.raises(AssertionError, match="STACSR_SCRATCH_LIMIT"):
         _scratch(tpl)
-    limit["value"] = "64Gi"
+    limit["value"] = "16Gi"
     (c["env"][[e["name"] for e in c["env"]].index("STACSR_SCRATCH")])["value"] = "/tmp/ray"  # no sizeLimit there
     with pytest.raises(AssertionError, match="sizeLimit"):
         _scratch(tpl)
