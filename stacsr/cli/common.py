@@ -9,8 +9,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import Progress
 
 app = typer.Typer(
     add_completion=False,
@@ -94,14 +93,9 @@ class ItemBar:
 
 @contextmanager
 def progress_bar() -> Iterator[RichProgress]:
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tiles"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=console, transient=False) as bar:
+    from stacsr.cli.tables import progress_columns
+
+    with Progress(*progress_columns(), console=console, transient=False) as bar:
         try:
             yield RichProgress(bar)
         except BaseException:  # a failure is one line: the bar is not left above it
@@ -171,17 +165,9 @@ def find_items(preset, bbox, datetime, max_cloud, limit, best_per_tile: bool) ->
 
 
 def print_summary(report, what: str, engine) -> None:
-    table = Table(show_header=False, box=None)
-    table.add_row(what, str(len(report.items)))
-    table.add_row("engine", str(engine))
-    if report.skipped:
-        table.add_row("skipped (all nodata)", ", ".join(report.skipped))
-    table.add_row("area", f"{report.km2:.2f} km²")
-    table.add_row("time", f"{report.seconds:.1f} s")
-    table.add_row("output pixels/s", f"{report.pixels_per_second:,.0f}")
-    if report.catalog:
-        table.add_row("catalogue", str(report.catalog))
-    console.print(table)
+    from stacsr.cli.tables import pairs_table, run_summary_rows
+
+    console.print(pairs_table(run_summary_rows(report, what, engine)))
 
 
 @app.callback(invoke_without_command=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
+from stacsr.cli import tables
 from stacsr.cli.common import (
     AddressOpt,
     BandsOpt,
@@ -54,18 +54,12 @@ def search(
     best_per_tile: bool = typer.Option(False, "--best-per-tile", help="Keep only the least cloudy item per MGRS tile."),
 ) -> None:
     """List the Sentinel-2 L2A items over an area, least cloudy first."""
-    from stacsr.catalog.search import cloud, tile_of
-
     with errors():
         preset = preset_from(catalog, collection, bands, stac_url)
         items = find_items(preset, bbox, datetime, max_cloud, limit, best_per_tile)
         if not items:
             fail("no items found for this search (area, dates, cloud cover)")
-        table = Table("id", "datetime", "cloud %", "tile")
-        for item in items:
-            p = item["properties"]
-            table.add_row(item["id"], str(p.get("datetime")), f"{cloud(item):.1f}", tile_of(item, preset))
-        out.print(table)
+        out.print(tables.search_table(items, preset))
 
 
 @app.command()
@@ -138,17 +132,7 @@ def batch(
             from stacsr.batch import plan as batch_plan
 
             plan = batch_plan.dry_run(spec, preset, package)
-            areas = Table(title=f"batch {spec.name}: dry run, nothing written", title_justify="left")
-            for i, header in enumerate(batch_plan.AREA_HEADERS):
-                areas.add_column(header, justify="left" if i == 0 else "right", no_wrap=i > 0, overflow="fold")
-            for row in plan.area_rows():
-                areas.add_row(*row)
-            summary = Table(show_header=False, box=None)
-            summary.add_column(no_wrap=True)
-            summary.add_column(overflow="fold")
-            for what, value in plan.summary_rows():
-                summary.add_row(what, value)
-            out.print(areas, summary)
+            out.print(*tables.plan_tables(plan))
             for refused in plan.refused[:10]:
                 out.print(f"refused {refused.item}: {refused.error}", highlight=False, soft_wrap=True)
             return
@@ -169,15 +153,9 @@ def batch(
             report = batch_run.run(
                 spec, preset, package, engine, log=lambda m: console.print(m, highlight=False, soft_wrap=True)
             )
-        d = report.to_dict()
-        table = Table(show_header=False, box=None)
-        for key in ("found", "skipped", "done", "failed", "nodata"):
-            table.add_row(f"items {key}", str(d["items"][key]))
-        table.add_row("engine", str(engine))
-        table.add_row("area", f"{d['km2']:.2f} km²")
-        table.add_row("time", f"{d['seconds']:.1f} s ({d['tiles_per_second']:.2f} tiles/s)")
-        table.add_row("report", batch_run.report_url(spec))
-        console.print(table)
+        console.print(
+            tables.pairs_table(tables.batch_summary_rows(report.to_dict(), engine, batch_run.report_url(spec)))
+        )
         if not report.ok:
             raise typer.Exit(1)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
+from stacsr.cli import tables
 from stacsr.cli.common import (
     AddressOpt,
     BandsOpt,
@@ -255,49 +255,5 @@ def evaluate(
                 result = report.evaluate_pairs(
                     pairs_path, package, preset, kinds, engine, out_dir, border, limit=limit, tile_size=tile_size
                 )
-        _evaluation_table(result)
-
-
-def _evaluation_table(result) -> None:
-    def f(v: float, digits: int) -> str:
-        return "—" if v is None or v != v else f"{v:.{digits}f}"
-
-    table = Table(
-        "image",
-        "degradation",
-        "PSNR model",
-        "PSNR bicubic",
-        "Δ PSNR",
-        "SSIM model",
-        "SSIM bicubic",
-        "SAM° model",
-        "SAM° bicubic",
-        "consist. model",
-        "consist. bicubic",
-        "improv./omis./halluc.",
-        title=f"{result.model}: model vs bicubic ({result.protocol}, border {result.border} LR px)",
-    )
-
-    def row(name: str, d: str, m, b, style: str | None = None) -> None:
-        table.add_row(
-            name,
-            d,
-            f(m.psnr, 2),
-            f(b.psnr, 2),
-            f(m.psnr - b.psnr, 2),
-            f(m.ssim, 4),
-            f(b.ssim, 4),
-            f(m.sam, 3),
-            f(b.sam, 3),
-            f(m.consistency, 5),
-            f(b.consistency, 5),
-            f"{f(m.improvement, 2)}/{f(m.omission, 2)}/{f(m.hallucination, 2)}",
-            style=style,
-        )
-
-    for r in result.results:
-        row(r.image, r.degradation, r.model, r.bicubic)
-    for d, avg in result.averages().items():
-        row("average", d, avg["model"], avg["bicubic"], style="bold")
-    out.print(table)
-    console.print(f"metrics: {result.metrics_path}", highlight=False, soft_wrap=True)
+        out.print(tables.evaluation_report(result))
+        console.print(f"metrics: {result.metrics_path}", highlight=False, soft_wrap=True)
