@@ -79,21 +79,31 @@ def test_four_writers_at_once_lose_nothing(tmp_path):
     assert start[:10] == "2021-01-01" and end[:10] == C.source(3049)["properties"]["datetime"][:10]
 
 
-def test_a_writer_killed_after_writing_an_item_is_repaired_by_the_next(tmp_path):
+DIE = "def die(*a, **k): os.kill(os.getpid(), signal.SIGKILL)\n"
+BEFORE_LINKING = "static._ensure_link = die\n"  # the item is written, then the process dies before linking it
+WRITING_YEAR = (  # dies with its year catalogue's new version written to a temporary file, not yet renamed
+    "replace = os.replace\nos.replace = lambda a, b: die() if Path(b).parent.name.isdigit() else replace(a, b)\n"
+)
+
+
+@pytest.mark.parametrize("moment", [BEFORE_LINKING, WRITING_YEAR], ids=["before-linking", "writing-year"])
+def test_a_writer_killed_after_writing_an_item_is_repaired_by_the_next(tmp_path, moment):
     for i in range(3):
         C.publish(tmp_path, i)
     code = (
         "import os, signal, sys\n"
+        "from pathlib import Path\n"
         "from stacsr.catalog import static\n"
         "from tests.fixtures import catalogue as C\n"
-        "def die(*a, **k): os.kill(os.getpid(), signal.SIGKILL)\n"
-        "static._ensure_link = die\n"  # the item is written, then the process dies before linking it
+        f"{DIE}{moment}"
         f"C.publish({str(tmp_path)!r}, 3)\n"
     )
     killed = subprocess.run([sys.executable, "-c", code], cwd=REPO)
     assert killed.returncode == -signal.SIGKILL
     half_done = f"{C.source(3)['id']}_sr"
     assert half_done in item_files(tmp_path) and (tmp_path / static.JOURNAL).exists()
+    if moment == WRITING_YEAR:
+        assert [p for p in tmp_path.rglob("*.part") if p.parent.name.isdigit()]  # left for the next run to remove
     C.publish(tmp_path, 4)  # the next run: not blocked by the dead writer's lock, and it finishes its work
     assert check_catalogue(tmp_path) == {f"{C.source(i)['id']}_sr" for i in range(5)}
 

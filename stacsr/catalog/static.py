@@ -141,7 +141,11 @@ def repair(root: str | Path, locked_already: bool = False) -> str | None:
         return None
     journal = read_json(journal_file)
     path = root / journal["item"]
-    for folder in {path.parent, path.parent.parent, root}:
+    folders = {path.parent, path.parent.parent, root}
+    if path.is_file():  # its sub-catalogues, where it was being linked (bottom-up, after the item was written)
+        parent = _current_parent(path) or _leaf(root, path.parent.parent.name, read_json(path))
+        folders |= {parent.parent, parent.parent.parent}
+    for folder in folders:
         for name in ("catalog.json", "collection.json", path.name):
             storage.remove_stale(folder, f".{name}.")
     if path.is_file():
