@@ -4,7 +4,8 @@
 - :mod:`.common`: the typer app, consoles, shared options, progress, one-line errors, the engine;
 - :mod:`.imagery`: ``search``, ``enhance``, ``batch``, ``sr``, ``demo``;
 - :mod:`.training`: ``pairs``, ``train``, ``export``, ``evaluate``;
-- :mod:`.catalogue`: ``catalog index``.
+- :mod:`.catalogue`: ``catalog index``;
+- :mod:`.tables`: every table the commands print, built to fit 80 columns.
 """
 
 from stacsr.cli import catalogue, imagery, training  # noqa: F401  (registers the commands)

@@ -31,7 +31,7 @@ def progress_columns() -> list[ProgressColumn]:
     """The tile progress bar's columns: the item id folds over lines; the bar, counts and time stay whole."""
     return [
         TextColumn("{task.description}", table_column=Column(overflow="fold", ratio=1)),
-        BarColumn(bar_width=20),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(table_column=Column(no_wrap=True)),
         TextColumn("tiles", table_column=Column(no_wrap=True)),
         TimeElapsedColumn(table_column=Column(no_wrap=True)),
@@ -138,14 +138,12 @@ def _eval_rows(degradation: str, model: Any, bicubic: Any) -> list[tuple[str, ..
 def evaluation_report(result: Any) -> Group:
     """``stacsr evaluate`` (a :class:`stacsr.evaluate.report.Evaluation`): a heading, then one block per image
     (its name on a line of its own, then model and bicubic per degradation), then the averages."""
-    blocks: list[tuple[str, list[tuple[str, ...]]]] = []
+    by_image: dict[str, list[tuple[str, ...]]] = {}
     for r in result.results:
-        if not blocks or blocks[-1][0] != r.image:
-            blocks.append((r.image, []))
-        blocks[-1][1].extend(_eval_rows(r.degradation, r.model, r.bicubic))
-    images = len(dict.fromkeys(r.image for r in result.results))
+        by_image.setdefault(r.image, []).extend(_eval_rows(r.degradation, r.model, r.bicubic))
     average = [row for d, avg in result.averages().items() for row in _eval_rows(d, avg["model"], avg["bicubic"])]
-    blocks.append((f"average over {images} image{'s' if images != 1 else ''}", average))
+    images = len(by_image)
+    blocks = [*by_image.items(), (f"average over {images} image{'s' if images != 1 else ''}", average)]
     widths = [max(len(row[i]) for _, rows in blocks for row in [EVAL_COLUMNS, *rows]) for i in range(10)]
     parts: list[RenderableType] = [
         Text(f"{result.model}: model vs bicubic", overflow="fold"),
