@@ -4,7 +4,8 @@ Synthetic 4-band outputs (the demo's ground, upsampled × 4 with noise, as 2048�
 a :class:`stacsr.io.sink.TileSink` with one COG per band, with no model in the way. It prints one JSON line
 per size: the seconds spent writing tiles (``tiles_s``: what runs beside the model), the seconds after the
 last tile until the COGs are in place (``finish_s``: what a GPU would wait for on a single item), output
-pixels/s of both together, and the peak RSS of this process.
+pixels/s of both together, the peak RSS of this process, the peak of the sink's scratch folder on disk
+(``scratch_peak_gb``: blocks allocated, sampled every 0.2 s) and the COGs' size (``cogs_gb``).
 
     python -m tests.bench_sink                       # 4096², 8192² and 16384² outputs per band
     python -m tests.bench_sink --sizes 43920         # a whole Sentinel-2 tile (15.4 GB raw; disk!)
@@ -17,6 +18,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from tests.bench_tile import BANDS, RssSampler
+
+SCRATCH_PREFIX = ".stacsr-"  # the sink's scratch folders (stacsr.io.sink)
 
 TILE = 2048  # output pixels (a 512² input tile at scale 4)
 
@@ -39,6 +43,35 @@ def texture() -> np.ndarray:
     return np.clip(world + noise, 1, 65535).astype(np.uint16)
 
 
+class DiskSampler:
+    """Peak bytes allocated on disk under ``folder``'s scratch folders, every 0.2 s."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.peak, self._stop = folder, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _used(self) -> int:
+        used = 0
+        for top in self.folder.glob(SCRATCH_PREFIX + "*"):
+            for path in top.rglob("*"):
+                try:
+                    used += path.stat().st_blocks * 512
+                except OSError:  # removed meanwhile
+                    pass
+        return used
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._used())
+            self._stop.wait(0.2)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak / 1e9, 2)
+
+
 def run(size: int, folder: Path, base: np.ndarray, compress: str = "deflate") -> dict:
     from stacsr.io.grid import Window
     from stacsr.io.sink import CogTarget, SinkSpec, TileSink
@@ -46,7 +79,7 @@ def run(size: int, folder: Path, base: np.ndarray, compress: str = "deflate") ->
     grid = GeoBox((size, size), Affine(2.5, 0, 600000, 0, -2.5, 5300000), "EPSG:32632")
     targets = tuple(CogTarget(str(folder / f"{b}.tif"), (i,), (b,)) for i, b in enumerate(BANDS))
     sink = TileSink(SinkSpec(grid, (0, 0), 4, targets, scratch=str(folder), compress=compress)).open()
-    rss = RssSampler()
+    rss, disk = RssSampler(), DiskSampler(folder)
     start = time.perf_counter()
     step = TILE // 4  # input pixels per tile
     for row in range(0, size // 4, step):
@@ -64,6 +97,8 @@ def run(size: int, folder: Path, base: np.ndarray, compress: str = "deflate") ->
         "finish_s": round(wall - tiles, 1),
         "px_s": round(4 * size**2 / wall),
         "peak_rss_gb": rss.stop(),
+        "scratch_peak_gb": disk.stop(),
+        "cogs_gb": round(sum(t.stat().st_size for t in folder.glob("*.tif")) / 1e9, 2),
     }
 
 
