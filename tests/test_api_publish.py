@@ -33,10 +33,11 @@ AOI = SC.world_bbox(172, 172, 236, 236)
 
 class Proxy:
     """``http://127.0.0.1:PORT`` forwarding to ``upstream``; ``requests`` logs ``(method, path)``; with
-    ``no_bulk`` set, ``POST …/bulk_items`` gets a 404 as from a server without the endpoint."""
+    ``no_bulk`` set, ``POST …/bulk_items`` gets a 404 as from a server without the endpoint; with
+    ``no_ids_search`` set, a ``POST /search`` by ``ids`` gets a 400 as from a server that refuses it."""
 
     def __init__(self, upstream: str) -> None:
-        self.upstream, self.requests, self.no_bulk = upstream.rstrip("/"), [], False
+        self.upstream, self.requests, self.no_bulk, self.no_ids_search = upstream.rstrip("/"), [], False, False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,11 +48,9 @@ class Proxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.requests.append((self.command, self.path.split("?")[0]))
                 if proxy.no_bulk and self.path.endswith("/bulk_items"):
-                    self.send_response(404)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(b'{"detail": "Not Found"}')
-                    return
+                    return self._refuse(404)
+                if proxy.no_ids_search and self.path.split("?")[0].endswith("/search") and b'"ids"' in body:
+                    return self._refuse(400)
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
                 r = requests.request(self.command, proxy.upstream + self.path, data=body, headers=headers, timeout=60)
                 text = r.content.replace(proxy.upstream.encode(), proxy.url.encode())  # links point at the proxy
@@ -60,6 +59,12 @@ class Proxy:
                 self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
                 self.wfile.write(text)
+
+            def _refuse(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"detail": "refused by the test proxy"}')
 
             do_GET = do_POST = do_PUT = do_DELETE = _forward
 
@@ -115,6 +120,15 @@ def test_a_batch_publishes_in_bulk_and_a_re_run_checks_by_one_search(sources, pr
     assert again.count("skipped") == 2, again.to_dict()["outcomes"]
     assert proxy.count("POST", "/search") == 2  # the source search, then one for "already published"
     assert [r for r in proxy.requests if r[0] == "GET" and f"/collections/{out}/items/" in r[1]] == []
+    proxy.requests.clear()
+    proxy.no_ids_search = True  # a server that refuses the search: "already published" asked item by item
+    try:
+        third = batch(proxy, out, str(tmp_path / "out"))
+    finally:
+        proxy.no_ids_search = False
+    assert third.count("skipped") == 2, third.to_dict()["outcomes"]
+    assert len([r for r in proxy.requests if r[0] == "GET" and f"/collections/{out}/items/" in r[1]]) == 2
+    assert proxy.count("POST", "/bulk_items") == 0
 
 
 def test_provenance_derived_from_resolves_to_the_source_item(sources, proxy, pgstac, tmp_path):
@@ -154,6 +168,7 @@ def test_without_the_bulk_endpoint_items_go_one_by_one(pgstac, proxy):
     assert proxy.count("PUT", "") == 5
     ids = [f"{C.source(i)['id']}_sr" for i in range(6)]
     assert sorted(api.find_items(ids)) == sorted(ids[:5])
+    assert sorted(api.find_items(ids, page=2)) == sorted(ids[:5])  # several searches of a few ids each
 
 
 def test_items_finished_together_go_in_one_request(pgstac, proxy):
