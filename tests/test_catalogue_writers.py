@@ -51,7 +51,7 @@ def check_catalogue(root: Path, validate: bool = True) -> set[str]:
     ]
     assert len(links) == len(on_disk)
     rows = {r["id"]: r for r in index.read(root)}
-    assert sorted(rows) == sorted(on_disk)  # the index: one row per item
+    assert sorted(rows) == sorted(on_disk) and len(index.read(root)) == len(rows)  # the index: one row per item
     for item_id, path in on_disk.items():
         doc = json.loads(path.read_text())
         when = [pystac.utils.str_to_datetime(d["properties"]["datetime"]) for d in (rows[item_id], doc)]
@@ -79,15 +79,23 @@ def test_four_writers_at_once_lose_nothing(tmp_path):
     assert start[:10] == "2021-01-01" and end[:10] == C.source(3049)["properties"]["datetime"][:10]
 
 
+def test_a_re_run_replaces_an_item_in_place(tmp_path):
+    for i in (0, 1, 2, 1, 25):  # item 1 again; item 25: the tile of item 0, five days later
+        C.publish(tmp_path, i)
+    assert len(check_catalogue(tmp_path, validate=False)) == 4  # each linked once, one index row each
+
+
 DIE = "def die(*a, **k): os.kill(os.getpid(), signal.SIGKILL)\n"
-BEFORE_LINKING = "static._ensure_link = die\n"  # the item is written, then the process dies before linking it
-WRITING_YEAR = (  # dies with its year catalogue's new version written to a temporary file, not yet renamed
-    "replace = os.replace\nos.replace = lambda a, b: die() if Path(b).parent.name.isdigit() else replace(a, b)\n"
-)
+DIES_ON_REPLACE = "replace = os.replace\nos.replace = lambda a, b: die() if {} else replace(a, b)\n"
+MOMENTS = {  # where the writer dies: Python run in it before it publishes item 3
+    "writing-journal": DIES_ON_REPLACE.format(f"Path(b).name == {static.JOURNAL!r}"),  # item 3 not begun
+    "before-linking": "static._ensure_link = die\n",  # item 3 written, not linked
+    "writing-year": DIES_ON_REPLACE.format("Path(b).parent.name.isdigit()"),  # its year catalogue half replaced
+}
 
 
-@pytest.mark.parametrize("moment", [BEFORE_LINKING, WRITING_YEAR], ids=["before-linking", "writing-year"])
-def test_a_writer_killed_after_writing_an_item_is_repaired_by_the_next(tmp_path, moment):
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_a_writer_killed_mid_publish_is_repaired_by_the_next(tmp_path, moment):
     for i in range(3):
         C.publish(tmp_path, i)
     code = (
@@ -95,17 +103,19 @@ def test_a_writer_killed_after_writing_an_item_is_repaired_by_the_next(tmp_path,
         "from pathlib import Path\n"
         "from stacsr.catalog import static\n"
         "from tests.fixtures import catalogue as C\n"
-        f"{DIE}{moment}"
+        f"{DIE}{MOMENTS[moment]}"
         f"C.publish({str(tmp_path)!r}, 3)\n"
     )
     killed = subprocess.run([sys.executable, "-c", code], cwd=REPO)
     assert killed.returncode == -signal.SIGKILL
+    if "os.replace" in MOMENTS[moment]:
+        assert list(tmp_path.rglob("*.part"))  # a temporary file left for the next run to remove
     half_done = f"{C.source(3)['id']}_sr"
-    assert half_done in item_files(tmp_path) and (tmp_path / static.JOURNAL).exists()
-    if moment == WRITING_YEAR:
-        assert [p for p in tmp_path.rglob("*.part") if p.parent.name.isdigit()]  # left for the next run to remove
+    begun = moment != "writing-journal"
+    assert (half_done in item_files(tmp_path)) == begun and (tmp_path / static.JOURNAL).exists() == begun
     C.publish(tmp_path, 4)  # the next run: not blocked by the dead writer's lock, and it finishes its work
-    assert check_catalogue(tmp_path) == {f"{C.source(i)['id']}_sr" for i in range(5)}
+    finished = {f"{C.source(i)['id']}_sr" for i in (0, 1, 2, 4)} | ({half_done} if begun else set())
+    assert check_catalogue(tmp_path) == finished
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.007, 0.019])

@@ -136,6 +136,7 @@ def repair(root: str | Path, locked_already: bool = False) -> str | None:
         with locked(root):
             return repair(root, locked_already=True)
     index.clean(root)  # what a writer killed while writing the index left (none other runs: we hold the lock)
+    storage.remove_stale(root, f".{JOURNAL}.")  # a journal a killed writer had not finished writing
     journal_file = root / JOURNAL
     if not journal_file.is_file():
         return None
