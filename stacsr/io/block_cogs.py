@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from stacsr.io.blocks import BlockStore, Pyramid, codec
-from stacsr.io.cog_file import Stream, chunks, geo_tags, layout
+from stacsr.io.cog_file import chunks, geo_tags, layout
 from stacsr.io.grid import Window
 from stacsr.io.units import REFLECTANCE_SCALE
 from stacsr.plumbing import storage
@@ -77,7 +77,7 @@ class BlockCogs:
             missing = pyramid.missing()
             shapes = [level.shape for level in pyramid.levels]
             lay = layout(shapes, len(target.layers), self._codec, tags, store.sizes(), len(missing))
-            href = storage.put_stream(lambda: Stream(chunks(lay, store, missing)), lay.size, target.url)
+            href = storage.put_stream(lambda: chunks(lay, store, missing), lay.size, target.url)
         store.close()
         return href, lay.size
 

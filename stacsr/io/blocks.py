@@ -190,12 +190,17 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def pool() -> ThreadPoolExecutor:
     """The process's block compressors: one thread per core (imagecodecs and numpy release the GIL)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="stacsr-blocks")
+            _POOL = ThreadPoolExecutor(cores(), thread_name_prefix="stacsr-blocks")
         return _POOL
 
 
@@ -204,7 +209,9 @@ class Pyramid:
     levels; their bytes land in ``store`` under ``(level, block row, block col)``. Not thread-safe: one
     caller at a time (the sink holds a lock)."""
 
-    MAX_PENDING = 64  # blocks being compressed at once (each ≤ 2 MB for 4 bands): bounds memory
+    # Blocks being compressed at once, per pyramid: enough to keep every compressor busy, few enough that little
+    # is left to compress after the last tile (and that memory is bounded: each block ≤ 2 MB for 4 bands).
+    PENDING_PER_CORE = 2
 
     def __init__(self, shape: tuple[int, int], bands: int, codec: Codec, store: BlockStore, nodata: int = 0):
         self.levels = [Level(s, bands) for s in level_shapes(shape)]
@@ -212,6 +219,7 @@ class Pyramid:
         self.store = store
         self.nodata = nodata
         self.valid = False
+        self._most = max(4, self.PENDING_PER_CORE * cores())
         self._pending: deque[tuple[int, tuple[int, int], np.ndarray, Future]] = deque()
         # Levels made by exact 2 × 2 means: down to the first with an odd side; GDAL resamples the rest from it
         # (:func:`stacsr.io.overviews.resample_rest`), as its COG driver does, so they are GDAL's own.
@@ -226,7 +234,7 @@ class Pyramid:
     def write(self, row: int, col: int, tile: np.ndarray | None, height: int, width: int) -> None:
         """Full-resolution pixels (``None``: a window with no valid pixel) at ``(row, col)``."""
         self._submit(0, self.levels[0].add(row, col, height, width, tile))
-        self._collect(block=len(self._pending) > self.MAX_PENDING)
+        self._collect(block=len(self._pending) > self._most)
 
     def finish(self) -> None:
         """Complete every level, finest first: blocks partly covered are completed as they are; the levels
@@ -277,7 +285,7 @@ class Pyramid:
             h, w = smaller.shape[-2:] if smaller is not None else (0, 0)
             if h and w:
                 self._submit(index + 1, self.levels[index + 1].add(br * BLOCK // 2, bc * BLOCK // 2, h, w, smaller))
-            block = len(self._pending) > self.MAX_PENDING
+            block = len(self._pending) > self._most
 
     def _drain(self) -> None:
         while self._pending:

@@ -90,29 +90,9 @@ def chunks(lay: Layout, store: BlockStore, missing: bytes) -> Iterator[bytes]:
     yield lay.header
     for key in lay.keys:
         data = store.get(key) if store.size(key) is not None else missing
-        yield struct.pack("<I", len(data)) + data + data[-4:]
-
-
-class Stream(io.RawIOBase):
-    """A read-only stream over byte chunks (what the storage layer copies or uploads in parts)."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._buffer = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, out) -> int:
-        while not self._buffer:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return 0
-            self._buffer = memoryview(piece)
-        n = min(len(out), len(self._buffer))
-        out[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
+        yield struct.pack("<I", len(data))
+        yield data
+        yield data[-4:]
 
 
 def _ifds(shapes: Sequence[tuple[int, int]], bands: int, codec: Codec, tags: list, bigtiff: bool) -> bytes:

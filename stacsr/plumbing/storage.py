@@ -34,7 +34,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import parse_qsl, urlparse
 
 from stacsr.plumbing.redaction import first_line, redact
@@ -230,20 +230,45 @@ def put(local: str | Path, url: str) -> str:
     return _write(url, copy)
 
 
-def put_stream(source: Callable[[], BinaryIO], size: int, url: str) -> str:
-    """Write the ``size`` bytes that ``source()`` streams at ``url`` (a path or remote URL) atomically, with no
+def put_stream(pieces: Callable[[], Iterable[bytes]], size: int, url: str) -> str:
+    """Write the ``size`` bytes that ``pieces()`` yields at ``url`` (a path or remote URL) atomically, with no
     local copy: S3 through one multipart upload straight to the final key (:func:`s3_upload`), a local file
-    renamed into place when complete. Returns ``url``."""
+    written piece by piece and renamed into place when complete. Returns ``url``."""
     if url.startswith("s3://"):
-        with source() as src:
-            s3_upload(src, size, url)
+        s3_upload(Pieces(iter(pieces())), size, url)
         return url
 
     def copy(dst: BinaryIO) -> None:
-        with source() as src:
-            shutil.copyfileobj(src, dst, 8 << 20)
+        written = 0
+        for piece in pieces():
+            written += dst.write(piece)
+        if written != size:
+            raise StoreError(f"cannot write {redact(url)}: {written:,} bytes made, {size:,} expected")
 
     return _write(url, copy)
+
+
+class Pieces(io.RawIOBase):
+    """A read-only stream over byte pieces (what an upload reads part by part); a read may return less than
+    asked (:func:`_read_parts` fills its parts)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, out) -> int:
+        while not self._buffer:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._buffer = memoryview(piece)
+        n = min(len(out), len(self._buffer))
+        out[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
 
 
 def exists(url: str) -> bool:
