@@ -230,3 +230,10 @@ def test_own_windows_write_every_pixel_exactly_once(shape, tile_size):
             assert mine.row >= core.row and mine.col >= core.col and mine.height > 0 and mine.width > 0
             count[mine.slices] += 1
         assert (count == 1).all()
+
+
+def test_one_default_tile_size_for_the_library_the_cli_and_job_specs():
+    from stacsr.batch.spec import Resources
+    from stacsr.cli.common import TileOpt
+
+    assert TileOpt.default == Resources().tile_size == pipeline.DEFAULT_TILE_SIZE == 512

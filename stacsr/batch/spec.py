@@ -57,7 +57,7 @@ class Resources:
     gpus_per_item: float = 0.0  # 0: CPU; 0.5: two items share a 1-GPU node (one's COGs overlap the other's tiles)
     cpus_per_item: int | None = None  # None: 1 with a GPU, else the cores of the cluster's smallest node
     items_in_flight: int | None = None  # None: as many as the cluster's resources hold (grows with autoscaling)
-    tile_size: int = 256
+    tile_size: int = 512  # as stacsr.pipeline.DEFAULT_TILE_SIZE (1024 on a GPU)
     batch: int = 1  # tiles per model call (on a GPU: 4, with tile_size 1024)
     precision: str = "fp32"  # the model's arithmetic: fp32 (exact), fp16 or bf16 (README, "Half precision")
 

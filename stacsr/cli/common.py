@@ -31,7 +31,7 @@ BBoxOpt = typer.Option(..., "--bbox", help="Area of interest: west south east no
 DatetimeOpt = typer.Option(None, "--datetime", help="Date or interval, e.g. 2024-06-01/2024-08-31.")
 CloudOpt = typer.Option(None, "--max-cloud", help="Maximum scene cloud cover, percent.")
 ModelOpt = typer.Option("default", "--model", help="Model package folder, or 'default' (the one shipped).")
-TileOpt = typer.Option(256, "--tile-size", min=16, max=4096, help="Input pixels per tile side (the halo comes on top).")
+TileOpt = typer.Option(512, "--tile-size", min=16, max=4096, help="Input pixels per tile side (the halo comes on top).")
 RayOpt = typer.Option(
     False, "--ray", help="Run items on Ray: the cluster at --address or $RAY_ADDRESS, else a local Ray started here."
 )

@@ -46,7 +46,9 @@ from stacsr.plumbing import storage
 if TYPE_CHECKING:
     import pystac
 
-DEFAULT_TILE_SIZE = 256
+# Input pixels per tile side. On a CPU, 512 runs the model 1.5–1.7× faster per output pixel than 256 (its 24-px
+# halo is 20 % of the work instead of 41 %) for about 1 GB more memory per model call (README, Benchmarks).
+DEFAULT_TILE_SIZE = 512
 
 
 class Progress:
